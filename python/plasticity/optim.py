@@ -1,0 +1,260 @@
+"""`plasticity.Apollo`: the Apollo optimizer as a `torch.optim.Optimizer`.
+
+Every step runs in Rust (plasticity-core) in place on the tensors' own memory:
+no copies of weights, gradients or state. 2-D parameters whose smaller side is
+larger than the rank get Apollo; everything else (norms, biases, tiny matrices,
+groups with ``apollo=False``) gets the plain AdamW step of the same convention.
+
+``fused=True`` steps each parameter from a post-accumulate-grad hook as soon as
+its gradient is complete and frees that gradient at once, so at most one
+parameter's gradient exists at a time instead of the whole model's.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Callable, Iterable
+
+import torch
+
+from . import _plasticity as _rs
+
+log = logging.getLogger("plasticity.optim")
+
+_SCALE_TYPES = ("channel", "tensor")
+
+
+class Apollo(torch.optim.Optimizer):
+    """Apollo (arXiv:2412.05270) with channel- or tensor-wise scaling.
+
+    Args:
+        lr: learning rate (fine-tuning: 1e-5 … 1e-4).
+        betas, eps, weight_decay, correct_bias: as in (HF) AdamW; weight decay
+            is decoupled and applied after the update, ``W -= lr·wd·W``.
+        rank: projection rank r (Apollo: 256; Apollo-Mini: 1 with
+            ``scale_type="tensor"``).
+        scale_type: ``"channel"`` (one factor per row/column) or ``"tensor"``.
+        alpha: update multiplier; ``None`` means √(d/r), d = min(m, n) (the
+            paper's compensation for the projection; apollo-torch's ``scale``
+            is α²).
+        update_proj_gap: steps between projection refreshes (200).
+        norm_growth_limit: γ of the norm-growth limiter (1.01); ``None`` off.
+        stochastic_rounding: unbiased rounding of bf16/f16 weights (otherwise
+            updates below half an ulp are lost).
+        seed: base seed of the projections (each parameter derives its own).
+        threads: optimizer threads (default: ``torch.get_num_threads()``).
+        cache_projection: keep each projection between refreshes instead of
+            regenerating it every step (r·d floats per matrix; faster).
+        fused: step from post-accumulate-grad hooks and free each gradient.
+
+    Per-group keys accepted: all of the above except threads/cache/fused,
+    plus ``apollo`` (False = plain AdamW for the whole group).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-5,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.0,
+        correct_bias: bool = True,
+        rank: int = 256,
+        scale_type: str = "channel",
+        alpha: float | None = None,
+        update_proj_gap: int = 200,
+        norm_growth_limit: float | None = 1.01,
+        stochastic_rounding: bool = False,
+        seed: int = 0,
+        threads: int | None = None,
+        cache_projection: bool = False,
+        fused: bool = False,
+    ):
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            correct_bias=correct_bias,
+            rank=rank,
+            scale_type=scale_type,
+            alpha=alpha,
+            update_proj_gap=update_proj_gap,
+            norm_growth_limit=norm_growth_limit,
+            stochastic_rounding=stochastic_rounding,
+            seed=seed,
+            apollo=True,
+        )
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            _check_group(group)
+        self._workspace = _rs.Workspace(threads or torch.get_num_threads(), cache_projection)
+        self.fused = fused
+        self.skipped = 0  # parameter steps skipped for a non-finite gradient
+        self._hooks: list[Any] = []
+        # Seeds depend only on a parameter's position, so they survive
+        # state_dict round trips and are the same in every process.
+        index = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                index += 1
+                self.state[p]["seed"] = (int(group["seed"]) * 1_000_003 + index) % (1 << 63)
+        if fused:
+            self._install_hooks()
+
+    # -- public helpers ------------------------------------------------------
+
+    def uses_apollo(self, p: torch.Tensor, group: dict | None = None) -> bool:
+        """Whether ``p`` is stepped by Apollo (else by plain AdamW)."""
+        group = group or self._group_of(p)
+        return bool(group["apollo"]) and p.dim() == 2 and min(p.shape) > int(group["rank"])
+
+    def state_bytes(self) -> int:
+        """Bytes of optimizer state tensors (moments) over all parameters."""
+        return sum(
+            t.numel() * t.element_size()
+            for st in self.state.values()
+            for t in st.values()
+            if isinstance(t, torch.Tensor)
+        )
+
+    @property
+    def workspace_bytes(self) -> int:
+        return self._workspace.scratch_bytes + self._workspace.cache_bytes
+
+    def inject_projection(self, p: torch.Tensor, projection: torch.Tensor) -> None:
+        """Test hook: use ``projection`` (rank×d, f32) for ``p`` until the next
+        refresh boundary instead of the seeded one. Lets a test feed the very
+        matrix a reference implementation drew with its own RNG."""
+        st = self.state[p]
+        group = self._group_of(p)
+        step = int(st.get("step", 0))
+        st["_proj"] = (step // int(group["update_proj_gap"]), projection.detach().to(torch.float32).contiguous())
+
+    # -- torch.optim.Optimizer API -------------------------------------------
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self._step_param(p, group)
+        return loss
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        # torch casts floating state to the parameter's dtype; moments are f32.
+        for st in self.state.values():
+            for key in ("exp_avg", "exp_avg_sq"):
+                t = st.get(key)
+                if isinstance(t, torch.Tensor) and t.dtype != torch.float32:
+                    raise ValueError(f"state {key} lost its float32 dtype on load")
+        for group in self.param_groups:
+            _check_group(group)
+
+    # -- internals -----------------------------------------------------------
+
+    def _group_of(self, p: torch.Tensor) -> dict:
+        for group in self.param_groups:
+            if any(q is p for q in group["params"]):
+                return group
+        raise KeyError("parameter is not managed by this optimizer")
+
+    def _install_hooks(self) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                if not p.requires_grad:
+                    continue
+
+                def hook(param: torch.Tensor, group: dict = group) -> None:
+                    with torch.no_grad():
+                        self._step_param(param, group)
+                    param.grad = None
+
+                self._hooks.append(p.register_post_accumulate_grad_hook(hook))
+
+    def _step_param(self, p: torch.Tensor, group: dict) -> None:
+        grad = p.grad
+        if grad.is_sparse:
+            raise RuntimeError("Apollo does not support sparse gradients")
+        if not grad.is_contiguous():
+            grad = grad.contiguous()
+        st = self.state[p]
+        beta1, beta2 = group["betas"]
+        common = dict(
+            lr=float(group["lr"]),
+            beta1=float(beta1),
+            beta2=float(beta2),
+            eps=float(group["eps"]),
+            weight_decay=float(group["weight_decay"]),
+            correct_bias=bool(group["correct_bias"]),
+            stochastic_rounding=bool(group["stochastic_rounding"]),
+            workspace=self._workspace,
+        )
+        step = int(st.get("step", 0))
+        if self.uses_apollo(p, group):
+            rank = int(group["rank"])
+            m, n = p.shape
+            shape = (m, rank) if m >= n else (rank, n)
+            if "exp_avg" not in st:
+                st["exp_avg"] = torch.zeros(shape, dtype=torch.float32, device=p.device)
+                st["exp_avg_sq"] = torch.zeros(shape, dtype=torch.float32, device=p.device)
+            gap = int(group["update_proj_gap"])
+            projection = None
+            injected = st.get("_proj")
+            if injected is not None:
+                if injected[0] == step // gap:
+                    projection = injected[1]
+                else:
+                    del st["_proj"]
+            applied, new_step, prev_norm, limiter, _ = _rs.apollo_step(
+                p, grad, st["exp_avg"], st["exp_avg_sq"],
+                step=step,
+                seed=int(st["seed"]),
+                prev_norm=st.get("prev_norm"),
+                rank=rank,
+                scale_type=group["scale_type"],
+                alpha=None if group["alpha"] is None else float(group["alpha"]),
+                update_proj_gap=gap,
+                norm_growth_limit=None if group["norm_growth_limit"] is None else float(group["norm_growth_limit"]),
+                projection=projection,
+                **common,
+            )
+            if applied:
+                st["prev_norm"] = prev_norm
+                st["limiter"] = limiter
+        else:
+            if "exp_avg" not in st:
+                st["exp_avg"] = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
+                st["exp_avg_sq"] = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
+            applied, new_step = _rs.adamw_step(
+                p, grad, st["exp_avg"], st["exp_avg_sq"], step=step, seed=int(st["seed"]), **common
+            )
+        st["step"] = new_step
+        if not applied:
+            self.skipped += 1
+            st["skipped"] = int(st.get("skipped", 0)) + 1
+            log.warning("Apollo: non-finite gradient for a %s parameter; step skipped, weight unchanged",
+                        tuple(p.shape))
+
+
+def _check_group(group: dict) -> None:
+    if group["scale_type"] not in _SCALE_TYPES:
+        raise ValueError(f"scale_type must be one of {_SCALE_TYPES}, got {group['scale_type']!r}")
+    if int(group["rank"]) < 1:
+        raise ValueError(f"rank must be ≥ 1, got {group['rank']}")
+    if int(group["update_proj_gap"]) < 1:
+        raise ValueError(f"update_proj_gap must be ≥ 1, got {group['update_proj_gap']}")
+    lr = float(group["lr"])
+    if not (math.isfinite(lr) and lr >= 0):
+        raise ValueError(f"lr must be finite and ≥ 0, got {lr}")
+    if group["alpha"] is not None and not (math.isfinite(float(group["alpha"])) and float(group["alpha"]) > 0):
+        raise ValueError(f"alpha must be finite and > 0, got {group['alpha']}")
+    for p in group["params"]:
+        if p.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise TypeError(f"Apollo supports float32/bfloat16/float16 parameters, got {p.dtype}")

@@ -1,0 +1,333 @@
+//! The memory passes of an Apollo step, parallel over disjoint ranges.
+//!
+//! Every parallel loop hands each task a disjoint range of rows/columns and
+//! writes only there; `Shared` carries the base pointers across threads.
+
+use rayon::prelude::*;
+
+use super::{AdamConfig, Geometry, Side};
+use crate::element::{DType, Element};
+use crate::rng;
+
+/// A raw pointer that may cross threads; users write disjoint ranges only.
+#[derive(Clone, Copy)]
+struct Shared<T>(*mut T);
+unsafe impl<T> Send for Shared<T> {}
+unsafe impl<T> Sync for Shared<T> {}
+impl<T> Shared<T> {
+    /// # Safety
+    /// The range must be in bounds and not written by any other task.
+    #[inline(always)]
+    unsafe fn slice<'a>(self, start: usize, len: usize) -> &'a mut [T] {
+        std::slice::from_raw_parts_mut(self.0.add(start), len)
+    }
+}
+
+/// Run `f` on contiguous sub-ranges of `0..len`, in parallel when `threads > 1`.
+fn for_ranges<F: Fn(std::ops::Range<usize>) + Sync + Send>(len: usize, threads: usize, f: F) {
+    if threads <= 1 || len < 2 {
+        f(0..len);
+        return;
+    }
+    let tasks = (threads * 4).min(len);
+    let chunk = len.div_ceil(tasks);
+    (0..tasks).into_par_iter().for_each(|t| {
+        let s = t * chunk;
+        let e = ((t + 1) * chunk).min(len);
+        if s < e {
+            f(s..e)
+        }
+    });
+}
+
+pub(crate) fn fill_normal_parallel(seed: u64, std: f32, out: &mut [f32]) {
+    // Ranges start on even indices so each pair is generated once.
+    let len = out.len();
+    let pairs = len.div_ceil(2);
+    let ptr = Shared(out.as_mut_ptr());
+    let threads = if len < 1 << 15 { 1 } else { rayon::current_num_threads() };
+    for_ranges(pairs, threads, |pr| {
+        let s = pr.start * 2;
+        let e = (pr.end * 2).min(len);
+        let dst = unsafe { ptr.slice(s, e - s) };
+        rng::fill_normal_from(seed, std, s, dst);
+    });
+}
+
+/// The f32 view of G: the buffer itself for f32, else a converted copy in `g32`.
+/// Conversion happens inside `project`'s norm pass, so this only reinterprets.
+fn as_f32<T: Element>(g: &[T]) -> Option<&[f32]> {
+    if T::DTYPE == DType::F32 {
+        Some(bytemuck::cast_slice(g))
+    } else {
+        None
+    }
+}
+
+/// Pass 1: the squared channel norms of G (f64) and R = G·Pᵀ or P·G.
+pub(crate) fn project<T: Element>(
+    geo: &Geometry,
+    g: &[T],
+    p: &[f32],
+    r: &mut [f32],
+    gsq: &mut [f64],
+    g32: &mut Vec<f32>,
+    threads: usize,
+) {
+    let (m, n, rank) = (geo.m, geo.n, geo.rank);
+    let native = as_f32(g);
+    if native.is_none() && g32.len() < m * n {
+        g32.resize(m * n, 0.0);
+    }
+    let conv = Shared(g32.as_mut_ptr());
+    let sq = Shared(gsq.as_mut_ptr());
+    match geo.side() {
+        Side::Right => for_ranges(m, threads, |rows| {
+            let sums = unsafe { sq.slice(rows.start, rows.len()) };
+            for (i, acc) in rows.clone().zip(sums.iter_mut()) {
+                let src = &g[i * n..(i + 1) * n];
+                *acc = match native {
+                    Some(f) => sumsq(&f[i * n..(i + 1) * n]),
+                    None => convert_sumsq(src, unsafe { conv.slice(i * n, n) }),
+                };
+            }
+        }),
+        Side::Left => for_ranges(n, threads, |cols| {
+            let sums = unsafe { sq.slice(cols.start, cols.len()) };
+            sums.fill(0.0);
+            for i in 0..m {
+                let row = i * n;
+                match native {
+                    Some(f) => {
+                        for (acc, &x) in sums.iter_mut().zip(&f[row + cols.start..row + cols.end]) {
+                            *acc += (x as f64) * (x as f64);
+                        }
+                    }
+                    None => {
+                        let dst = unsafe { conv.slice(row + cols.start, cols.len()) };
+                        for ((acc, d), &x) in sums.iter_mut().zip(dst.iter_mut()).zip(&g[row + cols.start..row + cols.end]) {
+                            let v = x.to_f32();
+                            *d = v;
+                            *acc += (v as f64) * (v as f64);
+                        }
+                    }
+                }
+            }
+        }),
+    }
+    let gf: &[f32] = match native {
+        Some(f) => f,
+        None => &g32[..m * n],
+    };
+    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // gemm computes dst := alpha·dst + beta·lhs·rhs; strides are (col, row).
+    unsafe {
+        match geo.side() {
+            Side::Right => gemm::gemm(
+                m, rank, n,
+                r.as_mut_ptr(), 1, rank as isize,
+                false,
+                gf.as_ptr(), 1, n as isize,
+                p.as_ptr(), n as isize, 1, // Pᵀ: element (k, j) = P[j·n + k]
+                0.0, 1.0, false, false, false, par,
+            ),
+            Side::Left => gemm::gemm(
+                rank, n, m,
+                r.as_mut_ptr(), 1, n as isize,
+                false,
+                p.as_ptr(), 1, m as isize,
+                gf.as_ptr(), 1, n as isize,
+                0.0, 1.0, false, false, false, par,
+            ),
+        }
+    }
+}
+
+#[inline]
+fn sumsq(x: &[f32]) -> f64 {
+    // Eight f32 partial sums of f64-promoted squares: vectorises and is exact
+    // enough for any finite gradient (no f32 overflow of the squares).
+    let mut acc = [0f64; 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for k in 0..8 {
+            acc[k] += (c[k] as f64) * (c[k] as f64);
+        }
+    }
+    let mut s: f64 = acc.iter().sum();
+    for &v in rest {
+        s += (v as f64) * (v as f64);
+    }
+    s
+}
+
+#[inline]
+fn convert_sumsq<T: Element>(src: &[T], dst: &mut [f32]) -> f64 {
+    for (d, &x) in dst.iter_mut().zip(src) {
+        *d = x.to_f32();
+    }
+    sumsq(dst)
+}
+
+pub(crate) fn all_finite(x: &[f32], threads: usize) -> bool {
+    all_finite_t(x, threads)
+}
+
+pub(crate) fn all_finite_t<T: Element>(x: &[T], threads: usize) -> bool {
+    let check = |s: &[T]| s.iter().all(|v| v.to_f32().is_finite());
+    if threads <= 1 || x.len() < 1 << 16 {
+        check(x)
+    } else {
+        x.par_chunks(1 << 14).all(check)
+    }
+}
+
+/// Adam moments on R, and per channel Σ N² and Σ R² (N = M/(√V+ε)).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn moments(
+    geo: &Geometry,
+    adam: &AdamConfig,
+    r: &[f32],
+    m1: &mut [f32],
+    m2: &mut [f32],
+    nsq: &mut [f64],
+    rsq: &mut [f64],
+    threads: usize,
+) {
+    let (b1, b2, eps) = (adam.beta1, adam.beta2, adam.eps);
+    let (c1, c2) = (1.0 - b1, 1.0 - b2);
+    let (pm, pv, pn, pr) = (Shared(m1.as_mut_ptr()), Shared(m2.as_mut_ptr()), Shared(nsq.as_mut_ptr()), Shared(rsq.as_mut_ptr()));
+    let rank = geo.rank;
+    let update = |x: f32, m: &mut f32, v: &mut f32| -> f32 {
+        *m = b1 * *m + c1 * x;
+        *v = b2 * *v + c2 * x * x;
+        *m / (v.sqrt() + eps)
+    };
+    match geo.side() {
+        Side::Right => for_ranges(geo.m, threads, |rows| {
+            let len = rows.len() * rank;
+            let (ms, vs) = unsafe { (pm.slice(rows.start * rank, len), pv.slice(rows.start * rank, len)) };
+            let (ns, rs) = unsafe { (pn.slice(rows.start, rows.len()), pr.slice(rows.start, rows.len())) };
+            let rr = &r[rows.start * rank..rows.end * rank];
+            for (k, (nacc, racc)) in ns.iter_mut().zip(rs.iter_mut()).enumerate() {
+                let (mut a, mut b) = (0f64, 0f64);
+                let seg = k * rank..(k + 1) * rank;
+                for ((&x, m), v) in rr[seg.clone()].iter().zip(ms[seg.clone()].iter_mut()).zip(vs[seg].iter_mut()) {
+                    let nv = update(x, m, v);
+                    a += (nv as f64) * (nv as f64);
+                    b += (x as f64) * (x as f64);
+                }
+                *nacc = a;
+                *racc = b;
+            }
+        }),
+        Side::Left => {
+            let n = geo.n;
+            for_ranges(n, threads, |cols| {
+                let (ns, rs) = unsafe { (pn.slice(cols.start, cols.len()), pr.slice(cols.start, cols.len())) };
+                ns.fill(0.0);
+                rs.fill(0.0);
+                for k in 0..rank {
+                    let off = k * n + cols.start;
+                    let (ms, vs) = unsafe { (pm.slice(off, cols.len()), pv.slice(off, cols.len())) };
+                    for ((((&x, m), v), a), b) in r[off..off + cols.len()]
+                        .iter()
+                        .zip(ms.iter_mut())
+                        .zip(vs.iter_mut())
+                        .zip(ns.iter_mut())
+                        .zip(rs.iter_mut())
+                    {
+                        let nv = update(x, m, v);
+                        *a += (nv as f64) * (nv as f64);
+                        *b += (x as f64) * (x as f64);
+                    }
+                }
+            })
+        }
+    }
+}
+
+#[inline(always)]
+fn store<T: Element>(x: f32, round_seed: Option<u64>, idx: usize) -> T {
+    match round_seed {
+        None => T::from_f32(x),
+        Some(s) => T::from_f32_stochastic(x, rng::bits(s, idx as u64) as u32),
+    }
+}
+
+/// Pass 2: W ← (W − c⊙G) − decay·(W − c⊙G), c per channel (already including
+/// step size, α, s and the limiter).
+pub(crate) fn apply_update<T: Element>(
+    geo: &Geometry,
+    w: &mut [T],
+    g: &[T],
+    coef: &[f32],
+    decay: f32,
+    round_seed: Option<u64>,
+    threads: usize,
+) {
+    let (m, n) = (geo.m, geo.n);
+    let pw = Shared(w.as_mut_ptr());
+    let side = geo.side();
+    for_ranges(m, threads, |rows| {
+        let ws = unsafe { pw.slice(rows.start * n, rows.len() * n) };
+        for (li, i) in rows.clone().enumerate() {
+            let wrow = &mut ws[li * n..(li + 1) * n];
+            let grow = &g[i * n..(i + 1) * n];
+            let base = i * n;
+            match side {
+                Side::Right => {
+                    let c = coef[i];
+                    for (j, (wv, &gv)) in wrow.iter_mut().zip(grow).enumerate() {
+                        let mut x = wv.to_f32() - c * gv.to_f32();
+                        if decay > 0.0 {
+                            x -= decay * x;
+                        }
+                        *wv = store(x, round_seed, base + j);
+                    }
+                }
+                Side::Left => {
+                    for (j, ((wv, &gv), &c)) in wrow.iter_mut().zip(grow).zip(coef).enumerate() {
+                        let mut x = wv.to_f32() - c * gv.to_f32();
+                        if decay > 0.0 {
+                            x -= decay * x;
+                        }
+                        *wv = store(x, round_seed, base + j);
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Fused elementwise AdamW (HF convention) over the whole buffer.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn adamw_update<T: Element>(
+    cfg: &AdamConfig,
+    step_size: f32,
+    w: &mut [T],
+    g: &[T],
+    m1: &mut [f32],
+    m2: &mut [f32],
+    round_seed: Option<u64>,
+    threads: usize,
+) {
+    let (b1, b2, eps) = (cfg.beta1, cfg.beta2, cfg.eps);
+    let (c1, c2) = (1.0 - b1, 1.0 - b2);
+    let decay = cfg.lr * cfg.weight_decay;
+    let (pw, pm, pv) = (Shared(w.as_mut_ptr()), Shared(m1.as_mut_ptr()), Shared(m2.as_mut_ptr()));
+    for_ranges(g.len(), threads, |rg| {
+        let (ws, ms, vs) = unsafe { (pw.slice(rg.start, rg.len()), pm.slice(rg.start, rg.len()), pv.slice(rg.start, rg.len())) };
+        for (k, (((wv, m), v), &gv)) in ws.iter_mut().zip(ms.iter_mut()).zip(vs.iter_mut()).zip(&g[rg.clone()]).enumerate() {
+            let x = gv.to_f32();
+            *m = b1 * *m + c1 * x;
+            *v = b2 * *v + c2 * x * x;
+            let mut y = wv.to_f32() - step_size * (*m / (v.sqrt() + eps));
+            if decay > 0.0 {
+                y -= decay * y;
+            }
+            *wv = store(y, round_seed, rg.start + k);
+        }
+    });
+}

@@ -1,0 +1,18 @@
+//! plasticity-core: the math of plasticity with no Python and no CUDA.
+//!
+//! - [`apollo`]: the Apollo optimizer step (channel-/tensor-wise scaled AdamW
+//!   in a random low-rank space, arXiv:2412.05270), in place on f32/bf16/f16
+//!   weights with f32 state, plus the plain (HF-style) AdamW step it falls back
+//!   to for 1-D and small tensors.
+//! - [`rng`]: counter-based Gaussian numbers, so projections are regenerated
+//!   from a seed on any device instead of stored.
+//! - [`element`]: weight dtypes and (stochastic) rounding.
+
+pub mod apollo;
+pub mod element;
+pub mod error;
+pub mod rng;
+
+pub use apollo::{adamw_step, apollo_step, AdamConfig, ApolloConfig, MatrixState, ScaleType, StepOutcome, Workspace};
+pub use element::{DType, Element};
+pub use error::{CoreError, Result};

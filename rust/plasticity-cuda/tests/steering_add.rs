@@ -1,0 +1,152 @@
+//! steering_add on a real GPU against a CPU reference. Skips without CUDA.
+
+mod common;
+
+use half::{bf16, f16};
+use plasticity_cuda::{
+    available, driver_present, nvrtc_present, steering_add_bf16, steering_add_f16,
+    steering_add_f32, CudaError, Gpu,
+};
+
+/// Deterministic pseudo-random floats in [-1, 1) (no rand dependency).
+fn noise(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// A steering table whose row 0 is zero, and slots that use every row incl. 0.
+fn case(num_tokens: usize, hidden: usize, num_slots: usize) -> (Vec<f32>, Vec<f32>, Vec<i32>) {
+    let residual = noise(num_tokens * hidden, 1);
+    let mut table = noise(num_slots * hidden, 2);
+    table[..hidden].iter_mut().for_each(|x| *x = 0.0);
+    let slot = (0..num_tokens)
+        .map(|t| ((t * 7 + t / 3) % num_slots) as i32)
+        .collect();
+    (residual, table, slot)
+}
+
+fn cpu_ref<T: Copy>(
+    res: &[T],
+    table: &[T],
+    slot: &[i32],
+    hidden: usize,
+    add: impl Fn(T, T) -> T,
+) -> Vec<T> {
+    let mut out = res.to_vec();
+    for (t, &s) in slot.iter().enumerate() {
+        for i in 0..hidden {
+            out[t * hidden + i] = add(out[t * hidden + i], table[s as usize * hidden + i]);
+        }
+    }
+    out
+}
+
+fn gpu_or_skip() -> Option<Gpu> {
+    common::preload_venv_nvrtc();
+    if !available() {
+        if !driver_present() {
+            println!("skipped: no CUDA driver");
+        } else if !nvrtc_present() {
+            println!("skipped: CUDA driver but no NVRTC (set PLASTICITY_NVRTC_LIB)");
+        } else {
+            println!("skipped: CUDA driver but no device");
+        }
+        return None;
+    }
+    Some(Gpu::open(0).expect("available() but Gpu::open(0) failed"))
+}
+
+#[test]
+fn steering_add_f32_matches_cpu() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let s = gpu.stream();
+    // Second shape exceeds the grid cap (65536 blocks * 256), exercising the grid-stride loop.
+    for &(n, h, k) in &[(1, 1, 1), (37, 129, 5), (300, 4096, 17), (4100, 4096, 3)] {
+        let (res, table, slot) = case(n, h, k);
+        let mut d_res = s.clone_htod(&res).unwrap();
+        let d_table = s.clone_htod(&table).unwrap();
+        let d_slot = s.clone_htod(&slot).unwrap();
+        steering_add_f32(&gpu, &mut d_res, &d_table, &d_slot, n, h).unwrap();
+        let got = s.clone_dtoh(&d_res).unwrap();
+        let want = cpu_ref(&res, &table, &slot, h, |a, b| a + b);
+        // One f32 add per element: bit-exact.
+        assert!(got == want, "f32 mismatch at shape ({n}, {h}, {k})");
+    }
+}
+
+#[test]
+fn steering_add_16bit_matches_cpu() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let s = gpu.stream();
+    let (n, h, k) = (333, 1000, 9);
+    let (res, table, slot) = case(n, h, k);
+    let d_slot = s.clone_htod(&slot).unwrap();
+
+    let to_bf = |v: &[f32]| {
+        v.iter()
+            .map(|&x| bf16::from_f32(x).to_bits())
+            .collect::<Vec<u16>>()
+    };
+    let (r, t) = (to_bf(&res), to_bf(&table));
+    let mut d_res = s.clone_htod(&r).unwrap();
+    steering_add_bf16(&gpu, &mut d_res, &s.clone_htod(&t).unwrap(), &d_slot, n, h).unwrap();
+    let want = cpu_ref(&r, &t, &slot, h, |a, b| {
+        bf16::from_f32(bf16::from_bits(a).to_f32() + bf16::from_bits(b).to_f32()).to_bits()
+    });
+    assert!(s.clone_dtoh(&d_res).unwrap() == want, "bf16 mismatch");
+
+    let to_h = |v: &[f32]| {
+        v.iter()
+            .map(|&x| f16::from_f32(x).to_bits())
+            .collect::<Vec<u16>>()
+    };
+    let (r, t) = (to_h(&res), to_h(&table));
+    let mut d_res = s.clone_htod(&r).unwrap();
+    steering_add_f16(&gpu, &mut d_res, &s.clone_htod(&t).unwrap(), &d_slot, n, h).unwrap();
+    let want = cpu_ref(&r, &t, &slot, h, |a, b| {
+        f16::from_f32(f16::from_bits(a).to_f32() + f16::from_bits(b).to_f32()).to_bits()
+    });
+    assert!(s.clone_dtoh(&d_res).unwrap() == want, "f16 mismatch");
+}
+
+#[test]
+fn kernel_is_compiled_once_and_bad_args_are_errors() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let a = gpu.kernel("steering_add").unwrap();
+    let b = Gpu::open(0).unwrap().kernel("steering_add").unwrap();
+    assert!(
+        std::sync::Arc::ptr_eq(&a, &b),
+        "module must be cached per device"
+    );
+    assert!(matches!(
+        gpu.kernel("nope"),
+        Err(CudaError::UnknownKernel(_))
+    ));
+
+    let s = gpu.stream();
+    let mut res = s.alloc_zeros::<f32>(4 * 8).unwrap();
+    let table = s.alloc_zeros::<f32>(2 * 8).unwrap();
+    let slot = s.clone_htod(&[0i32, 1, 1, 0]).unwrap();
+    // Wrong shapes.
+    for (n, h) in [(3, 8), (4, 7), (4, 0)] {
+        let e = steering_add_f32(&gpu, &mut res, &table, &slot, n, h).unwrap_err();
+        assert!(matches!(e, CudaError::InvalidArgument(_)), "({n},{h}): {e}");
+    }
+    steering_add_f32(&gpu, &mut res, &table, &slot, 4, 8).unwrap();
+    // Out-of-range slot: caught on the host in debug/test builds.
+    if cfg!(debug_assertions) {
+        let bad = s.clone_htod(&[0i32, 2, 0, 0]).unwrap();
+        let e = steering_add_f32(&gpu, &mut res, &table, &bad, 4, 8).unwrap_err();
+        assert!(e.to_string().contains("out of range"), "{e}");
+    }
+    gpu.synchronize().unwrap();
+}

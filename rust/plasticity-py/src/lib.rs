@@ -1,0 +1,20 @@
+//! `plasticity._plasticity`: the thin PyO3 layer over plasticity-core.
+//!
+//! Everything here borrows torch tensors zero-copy (see `tensor`), checks them,
+//! releases the GIL and calls the core. Python-side conveniences live in
+//! `python/plasticity/`.
+
+mod apollo;
+mod tensor;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _plasticity(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<apollo::Workspace>()?;
+    m.add_function(wrap_pyfunction!(apollo::apollo_step, m)?)?;
+    m.add_function(wrap_pyfunction!(apollo::adamw_step, m)?)?;
+    m.add_function(wrap_pyfunction!(apollo::fill_projection, m)?)?;
+    Ok(())
+}

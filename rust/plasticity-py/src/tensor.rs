@@ -1,0 +1,214 @@
+//! Zero-copy views of torch tensors through DLPack, with every property checked.
+//!
+//! A tensor is borrowed, never copied: we ask torch for a DLPack capsule of a
+//! detached alias (same storage, no autograd), read its descriptor, and keep
+//! the capsule alive for as long as the view is used. Anything that is not
+//! exactly what the kernel expects (dtype, device, shape, strides, overlap)
+//! becomes a Python exception before a single byte is touched.
+
+use std::ffi::{c_void, CStr};
+
+use plasticity_core::DType;
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyCapsule;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct DLDevice {
+    device_type: i32,
+    device_id: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct DLDataType {
+    code: u8,
+    bits: u8,
+    lanes: u16,
+}
+
+#[repr(C)]
+struct DLTensor {
+    data: *mut c_void,
+    device: DLDevice,
+    ndim: i32,
+    dtype: DLDataType,
+    shape: *const i64,
+    strides: *const i64,
+    byte_offset: u64,
+}
+
+#[repr(C)]
+struct DLManagedTensor {
+    dl_tensor: DLTensor,
+    manager_ctx: *mut c_void,
+    deleter: Option<unsafe extern "C" fn(*mut DLManagedTensor)>,
+}
+
+const KDL_CPU: i32 = 1;
+const KDL_CUDA: i32 = 2;
+const KDL_FLOAT: u8 = 2;
+const KDL_BFLOAT: u8 = 4;
+const DLTENSOR: &CStr = c"dltensor";
+
+/// Where a tensor lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    Cuda(i32),
+    Other(i32),
+}
+
+/// A checked, borrowed view of a torch tensor's memory.
+pub struct TensorView<'py> {
+    /// Keeps the exporting tensor (and so the memory) alive.
+    _capsule: Bound<'py, PyCapsule>,
+    pub name: &'static str,
+    pub ptr: *mut u8,
+    pub dtype: DType,
+    pub device: Device,
+    pub shape: Vec<usize>,
+}
+
+impl<'py> TensorView<'py> {
+    /// Borrow `obj` (a torch tensor). `name` is used in error messages.
+    pub fn new(obj: &Bound<'py, PyAny>, name: &'static str) -> PyResult<Self> {
+        let type_name = obj.get_type().name()?.to_string();
+        if !obj.hasattr("__dlpack__")? || !obj.hasattr("detach")? {
+            return Err(PyTypeError::new_err(format!("{name}: expected a torch.Tensor, got {type_name}")));
+        }
+        // detach(): same storage, no autograd (DLPack refuses tensors requiring grad).
+        let capsule = obj.call_method0("detach")?.call_method0("__dlpack__")?;
+        let capsule = capsule
+            .cast_into::<PyCapsule>()
+            .map_err(|_| PyTypeError::new_err(format!("{name}: __dlpack__ did not return a capsule")))?;
+        let raw = capsule
+            .pointer_checked(Some(DLTENSOR))
+            .map_err(|_| PyTypeError::new_err(format!("{name}: not an unconsumed DLPack 'dltensor' capsule")))?;
+        // SAFETY: a "dltensor" capsule holds a DLManagedTensor valid while the capsule lives.
+        let t = unsafe { &(*(raw.as_ptr() as *const DLManagedTensor)).dl_tensor };
+        let device = match t.device.device_type {
+            KDL_CPU => Device::Cpu,
+            KDL_CUDA => Device::Cuda(t.device.device_id),
+            other => Device::Other(other),
+        };
+        let dtype = match (t.dtype.code, t.dtype.bits, t.dtype.lanes) {
+            (KDL_FLOAT, 32, 1) => DType::F32,
+            (KDL_FLOAT, 16, 1) => DType::F16,
+            (KDL_BFLOAT, 16, 1) => DType::BF16,
+            (c, b, l) => {
+                return Err(PyTypeError::new_err(format!(
+                    "{name}: unsupported dtype (DLPack code {c}, {b} bits, {l} lanes); expected float32, bfloat16 or float16"
+                )))
+            }
+        };
+        let ndim = usize::try_from(t.ndim).map_err(|_| PyValueError::new_err(format!("{name}: negative ndim")))?;
+        let shape: Vec<usize> = (0..ndim).map(|i| unsafe { *t.shape.add(i) } as usize).collect();
+        // Row-major contiguity: strides (in elements) must be the suffix products.
+        // Size-1 dimensions may carry any stride (torch normalises inconsistently).
+        if !t.strides.is_null() {
+            let mut expect: i64 = 1;
+            for i in (0..ndim).rev() {
+                let s = unsafe { *t.strides.add(i) };
+                if shape[i] != 1 && s != expect {
+                    return Err(PyValueError::new_err(format!(
+                        "{name}: tensor is not contiguous (shape {shape:?}); call .contiguous() — plasticity never copies silently"
+                    )));
+                }
+                expect *= shape[i] as i64;
+            }
+        }
+        let ptr = unsafe { (t.data as *mut u8).add(t.byte_offset as usize) };
+        Ok(Self { _capsule: capsule, name, ptr, dtype, device, shape })
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn nbytes(&self) -> usize {
+        self.numel() * self.dtype.size()
+    }
+
+    pub fn require_cpu(&self) -> PyResult<()> {
+        match self.device {
+            Device::Cpu => Ok(()),
+            Device::Cuda(i) => Err(PyValueError::new_err(format!(
+                "{}: tensor is on cuda:{i}; this operation runs on CPU tensors (the CUDA path is separate)",
+                self.name
+            ))),
+            Device::Other(d) => Err(PyValueError::new_err(format!("{}: unsupported device type {d}", self.name))),
+        }
+    }
+
+    pub fn require_dtype(&self, dtype: DType) -> PyResult<()> {
+        if self.dtype != dtype {
+            return Err(PyTypeError::new_err(format!(
+                "{}: expected dtype {}, got {}",
+                self.name,
+                dtype.name(),
+                self.dtype.name()
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn require_shape(&self, shape: &[usize]) -> PyResult<()> {
+        if self.shape != shape {
+            return Err(PyValueError::new_err(format!(
+                "{}: expected shape {:?}, got {:?}",
+                self.name, shape, self.shape
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn require_nonempty(&self) -> PyResult<()> {
+        if self.numel() == 0 {
+            return Err(PyValueError::new_err(format!("{}: tensor is empty", self.name)));
+        }
+        Ok(())
+    }
+
+    fn range(&self) -> (usize, usize) {
+        let s = self.ptr as usize;
+        (s, s + self.nbytes())
+    }
+
+    /// # Safety
+    /// The caller must have checked dtype, and no other live view may overlap this one.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn slice_mut<T>(&self) -> &mut [T] {
+        std::slice::from_raw_parts_mut(self.ptr as *mut T, self.numel())
+    }
+}
+
+/// Refuse any two views whose memory overlaps: one of them is written, and an
+/// aliased weight/gradient/moment would corrupt the step silently.
+pub fn require_disjoint(views: &[&TensorView]) -> PyResult<()> {
+    for (i, a) in views.iter().enumerate() {
+        for b in &views[i + 1..] {
+            let (a0, a1) = a.range();
+            let (b0, b1) = b.range();
+            if a0 < b1 && b0 < a1 {
+                return Err(PyValueError::new_err(format!(
+                    "{} and {} share memory; they must be distinct tensors",
+                    a.name, b.name
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Raw pointers that cross into a GIL-free section. The views they come from
+/// are kept alive by the caller for the whole call.
+pub struct SendPtr(pub *mut u8);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    pub fn get(&self) -> *mut u8 {
+        self.0
+    }
+}
