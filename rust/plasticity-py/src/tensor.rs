@@ -79,7 +79,10 @@ impl<'py> TensorView<'py> {
             return Err(PyTypeError::new_err(format!("{name}: expected a torch.Tensor, got {type_name}")));
         }
         // detach(): same storage, no autograd (DLPack refuses tensors requiring grad).
-        let capsule = obj.call_method0("detach")?.call_method0("__dlpack__")?;
+        let capsule = obj
+            .call_method0("detach")
+            .and_then(|t| t.call_method0("__dlpack__"))
+            .map_err(|e| PyValueError::new_err(format!("{name}: cannot be borrowed zero-copy ({e})")))?;
         let capsule = capsule
             .cast_into::<PyCapsule>()
             .map_err(|_| PyTypeError::new_err(format!("{name}: __dlpack__ did not return a capsule")))?;
