@@ -84,7 +84,6 @@ def test_fused_mode_matches_step_mode_and_frees_each_gradient():
     batches = _batches(5)
     a, b = _model(), _model()
     opt_a = Apollo(a.parameters(), lr=1e-3, rank=8)
-    opt_b = Apollo(b.parameters(), lr=1e-3, rank=8, fused=True)
     _train(a, opt_a, batches)
 
     peak = {"bytes": 0}
@@ -93,17 +92,19 @@ def test_fused_mode_matches_step_mode_and_frees_each_gradient():
         live = sum(q.grad.numel() * q.grad.element_size() for q in b.parameters() if q.grad is not None)
         peak["bytes"] = max(peak["bytes"], live)
 
-    # Registered after the optimizer's hooks: sees the gradient freed before it.
+    # Registered before the optimizer's hooks: sees each gradient as it completes.
     hooks = [p.register_post_accumulate_grad_hook(watch) for p in b.parameters()]
+    opt_b = Apollo(b.parameters(), lr=1e-3, rank=8, fused=True)
     for x, y in batches:
         torch.nn.functional.mse_loss(b(x), y).backward()
-        opt_b.step()  # no-op in fused mode: already stepped
-        assert all(p.grad is None for p in b.parameters())
+        assert all(p.grad is None for p in b.parameters()), "fused mode left a gradient alive"
+        opt_b.step()  # no-op in fused mode: every parameter was already stepped
     for h in hooks:
         h.remove()
     for (n, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
         assert torch.allclose(pa, pb, rtol=0, atol=1e-7), n
-    assert peak["bytes"] == 0, "fused mode left a gradient alive"
+    largest = max(p.numel() * p.element_size() for p in b.parameters())
+    assert 0 < peak["bytes"] <= largest, f"peak gradient memory {peak['bytes']} > one parameter ({largest})"
 
 
 def test_non_finite_gradient_is_skipped_and_reported(caplog):
