@@ -113,7 +113,11 @@ fn next_toward(x: f16, dir: f32) -> f16 {
     let v = x.to_f32();
     let up = dir > v;
     let nb = if v == 0.0 {
-        if up { 0x0001 } else { 0x8001 }
+        if up {
+            0x0001
+        } else {
+            0x8001
+        }
     } else if (v > 0.0) == up {
         b + 1
     } else {
@@ -131,11 +135,17 @@ mod tests {
         let x = 1.0f32 + 1e-4; // far below one bf16 ulp (2^-7) above 1.0
         let n = 200_000u32;
         let mean: f64 = (0..n)
-            .map(|i| bf16::from_f32_stochastic(x, crate::rng::bits(9, i as u64) as u32).to_f32() as f64)
+            .map(|i| {
+                bf16::from_f32_stochastic(x, crate::rng::bits(9, i as u64) as u32).to_f32() as f64
+            })
             .sum::<f64>()
             / n as f64;
         assert!((mean - x as f64).abs() < 2e-5, "mean {mean}");
-        assert_eq!(bf16::from_f32(x).to_f32(), 1.0, "nearest rounding drops the update");
+        assert_eq!(
+            bf16::from_f32(x).to_f32(),
+            1.0,
+            "nearest rounding drops the update"
+        );
     }
 
     #[test]
@@ -149,13 +159,19 @@ mod tests {
             }
             let mean = sum / n as f64;
             let ulp = (f16::from_f32(x).to_f32() as f64).abs() * 1e-3;
-            assert!((mean - x as f64).abs() < ulp.max(1e-7) * 3.0, "x {x} mean {mean}");
+            assert!(
+                (mean - x as f64).abs() < ulp.max(1e-7) * 3.0,
+                "x {x} mean {mean}"
+            );
         }
     }
 
     #[test]
     fn non_finite_passes_through() {
         assert!(bf16::from_f32_stochastic(f32::NAN, 123).to_f32().is_nan());
-        assert_eq!(bf16::from_f32_stochastic(f32::INFINITY, u32::MAX).to_f32(), f32::INFINITY);
+        assert_eq!(
+            bf16::from_f32_stochastic(f32::INFINITY, u32::MAX).to_f32(),
+            f32::INFINITY
+        );
     }
 }

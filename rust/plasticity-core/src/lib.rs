@@ -7,12 +7,17 @@
 //! - [`rng`]: counter-based Gaussian numbers, so projections are regenerated
 //!   from a seed on any device instead of stored.
 //! - [`element`]: weight dtypes and (stochastic) rounding.
+//! - [`steering`]: per-token steering-vector addition into the residual stream.
 
 pub mod apollo;
 pub mod element;
 pub mod error;
 pub mod rng;
+pub mod steering;
 
-pub use apollo::{adamw_step, apollo_step, AdamConfig, ApolloConfig, MatrixState, ScaleType, StepOutcome, Workspace};
+pub use apollo::{
+    adamw_step, apollo_step, AdamConfig, ApolloConfig, MatrixState, ProjectionPrecision, ScaleType,
+    StepOutcome, Workspace,
+};
 pub use element::{DType, Element};
 pub use error::{CoreError, Result};

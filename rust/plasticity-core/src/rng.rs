@@ -16,10 +16,11 @@ pub fn mix64(mut z: u64) -> u64 {
 
 const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
 
-/// The `index`-th 64 random bits of stream `seed`.
+/// The `index`-th 64 random bits of stream `seed`: exactly SplitMix64's
+/// output number `index` when seeded with `seed`.
 #[inline(always)]
 pub fn bits(seed: u64, index: u64) -> u64 {
-    mix64(seed ^ mix64(index.wrapping_mul(GOLDEN).wrapping_add(GOLDEN)))
+    mix64(seed.wrapping_add(index.wrapping_add(1).wrapping_mul(GOLDEN)))
 }
 
 /// Derive an independent stream seed from a parent seed and a label (e.g. the
@@ -51,6 +52,37 @@ pub fn fill_normal(seed: u64, std: f32, out: &mut [f32]) {
 
 /// Like [`fill_normal`] but for elements `start..start+out.len()` of the stream.
 pub fn fill_normal_from(seed: u64, std: f32, start: usize, out: &mut [f32]) {
+    // The same code compiled for wider vectors when the CPU has them: the
+    // generator is pure integer/float arithmetic, so results are identical.
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+        {
+            return unsafe { fill_normal_avx512(seed, std, start, out) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return unsafe { fill_normal_avx2(seed, std, start, out) };
+        }
+    }
+    fill_normal_generic(seed, std, start, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
+unsafe fn fill_normal_avx512(seed: u64, std: f32, start: usize, out: &mut [f32]) {
+    fill_normal_generic(seed, std, start, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fill_normal_avx2(seed: u64, std: f32, start: usize, out: &mut [f32]) {
+    fill_normal_generic(seed, std, start, out)
+}
+
+#[inline(always)]
+fn fill_normal_generic(seed: u64, std: f32, start: usize, out: &mut [f32]) {
     let mut k = start;
     let mut i = 0;
     if k % 2 == 1 && i < out.len() {
@@ -58,13 +90,16 @@ pub fn fill_normal_from(seed: u64, std: f32, start: usize, out: &mut [f32]) {
         i += 1;
         k += 1;
     }
-    while i + 1 < out.len() {
-        let (a, b) = normal_pair(seed, (k / 2) as u64);
-        out[i] = a * std;
-        out[i + 1] = b * std;
-        i += 2;
-        k += 2;
+    let first_pair = (k / 2) as u64;
+    let body = &mut out[i..];
+    let whole = body.len() / 2 * 2;
+    for (j, pair) in body[..whole].chunks_exact_mut(2).enumerate() {
+        let (a, b) = normal_pair(seed, first_pair + j as u64);
+        pair[0] = a * std;
+        pair[1] = b * std;
     }
+    i += whole;
+    k += whole;
     if i < out.len() {
         out[i] = normal_pair(seed, (k / 2) as u64).0 * std;
     }
@@ -85,7 +120,8 @@ pub fn fast_ln(x: f32) -> f32 {
     let t = (m - 1.0) / (m + 1.0);
     let t2 = t * t;
     let poly = 1.0
-        + t2 * (1.0 / 3.0 + t2 * (1.0 / 5.0 + t2 * (1.0 / 7.0 + t2 * (1.0 / 9.0 + t2 * (1.0 / 11.0)))));
+        + t2 * (1.0 / 3.0
+            + t2 * (1.0 / 5.0 + t2 * (1.0 / 7.0 + t2 * (1.0 / 9.0 + t2 * (1.0 / 11.0)))));
     2.0 * t * poly + e as f32 * std::f32::consts::LN_2
 }
 
@@ -98,15 +134,19 @@ pub fn sincos_2pi(u: f32) -> (f32, f32) {
     let q = (v + 0.5).floor();
     let a = (v - q) * std::f32::consts::FRAC_PI_2;
     let a2 = a * a;
-    let s = a * (1.0 + a2 * (-1.0 / 6.0 + a2 * (1.0 / 120.0 + a2 * (-1.0 / 5040.0 + a2 * (1.0 / 362_880.0)))));
+    let s = a
+        * (1.0
+            + a2 * (-1.0 / 6.0
+                + a2 * (1.0 / 120.0 + a2 * (-1.0 / 5040.0 + a2 * (1.0 / 362_880.0)))));
     let c = 1.0 + a2 * (-0.5 + a2 * (1.0 / 24.0 + a2 * (-1.0 / 720.0 + a2 * (1.0 / 40_320.0))));
-    // Rotate by q quarter turns.
-    match (q as i32) & 3 {
-        0 => (s, c),
-        1 => (c, -s),
-        2 => (-s, -c),
-        _ => (-c, s),
-    }
+    // Rotate by q quarter turns, branch-free so the caller's loop vectorises:
+    // q=0 → (s, c), 1 → (c, −s), 2 → (−s, −c), 3 → (−c, s).
+    let qi = q as i32;
+    let swap = qi & 1 != 0;
+    let (a, b) = if swap { (c, s) } else { (s, c) };
+    let a = if qi & 2 != 0 { -a } else { a };
+    let b = if (qi + 1) & 2 != 0 { -b } else { b };
+    (a, b)
 }
 
 #[cfg(test)]

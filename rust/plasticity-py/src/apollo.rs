@@ -2,7 +2,10 @@
 
 use half::{bf16, f16};
 use plasticity_core::apollo::{self, Geometry};
-use plasticity_core::{AdamConfig, ApolloConfig, DType, Element, MatrixState, ScaleType, StepOutcome};
+use plasticity_core::{
+    AdamConfig, ApolloConfig, DType, Element, MatrixState, ProjectionPrecision, ScaleType,
+    StepOutcome,
+};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
@@ -27,15 +30,24 @@ impl Workspace {
     #[new]
     #[pyo3(signature = (threads = 0, cache_projection = false))]
     fn new(threads: usize, cache_projection: bool) -> PyResult<Self> {
-        let threads = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        };
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("plasticity-opt-{i}"))
             .build()
-            .map_err(|e| PyValueError::new_err(format!("cannot start {threads} optimizer threads: {e}")))?;
+            .map_err(|e| {
+                PyValueError::new_err(format!("cannot start {threads} optimizer threads: {e}"))
+            })?;
         let mut ws = apollo::Workspace::new(threads);
         ws.set_projection_cache(cache_projection);
-        Ok(Self { inner: std::sync::Mutex::new(ws), pool })
+        Ok(Self {
+            inner: std::sync::Mutex::new(ws),
+            pool,
+        })
     }
 
     #[getter]
@@ -60,13 +72,28 @@ fn parse_scale_type(s: &str) -> PyResult<ScaleType> {
     match s {
         "channel" => Ok(ScaleType::Channel),
         "tensor" => Ok(ScaleType::Tensor),
-        other => Err(PyValueError::new_err(format!("scale_type must be 'channel' or 'tensor', got {other:?}"))),
+        other => Err(PyValueError::new_err(format!(
+            "scale_type must be 'channel' or 'tensor', got {other:?}"
+        ))),
+    }
+}
+
+fn parse_precision(s: &str) -> PyResult<ProjectionPrecision> {
+    match s {
+        "auto" => Ok(ProjectionPrecision::Auto),
+        "f32" | "float32" => Ok(ProjectionPrecision::F32),
+        "bf16" | "bfloat16" => Ok(ProjectionPrecision::Bf16),
+        other => Err(PyValueError::new_err(format!(
+            "projection_precision must be 'auto', 'f32' or 'bf16', got {other:?}"
+        ))),
     }
 }
 
 fn outcome_tuple(out: StepOutcome) -> (bool, f32, bool) {
     match out {
-        StepOutcome::Applied { limiter, refreshed, .. } => (true, limiter, refreshed),
+        StepOutcome::Applied {
+            limiter, refreshed, ..
+        } => (true, limiter, refreshed),
         StepOutcome::SkippedNonFinite => (false, 1.0, false),
     }
 }
@@ -79,7 +106,7 @@ fn outcome_tuple(out: StepOutcome) -> (bool, f32, bool) {
 #[pyo3(signature = (
     weight, grad, exp_avg, exp_avg_sq, *, step, seed, prev_norm, lr, beta1, beta2, eps,
     weight_decay, correct_bias, rank, scale_type, alpha, update_proj_gap, norm_growth_limit,
-    stochastic_rounding, workspace, projection = None
+    stochastic_rounding, workspace, projection = None, projection_precision = "auto"
 ))]
 #[allow(clippy::too_many_arguments)]
 pub fn apollo_step(
@@ -105,6 +132,7 @@ pub fn apollo_step(
     stochastic_rounding: bool,
     workspace: &Workspace,
     projection: Option<&Bound<'_, PyAny>>,
+    projection_precision: &str,
 ) -> PyResult<(bool, u64, Option<f32>, f32, bool)> {
     let cfg = ApolloConfig {
         lr,
@@ -119,6 +147,7 @@ pub fn apollo_step(
         update_proj_gap,
         norm_growth_limit,
         stochastic_rounding,
+        projection_precision: parse_precision(projection_precision)?,
     };
     cfg.validate().map_err(core_err)?;
     let w = TensorView::new(weight, "weight")?;
@@ -128,7 +157,10 @@ pub fn apollo_step(
     w.require_cpu()?;
     w.require_nonempty()?;
     if w.shape.len() != 2 {
-        return Err(PyValueError::new_err(format!("weight: Apollo needs a 2-D matrix, got shape {:?}", w.shape)));
+        return Err(PyValueError::new_err(format!(
+            "weight: Apollo needs a 2-D matrix, got shape {:?}",
+            w.shape
+        )));
     }
     let (m, n) = (w.shape[0], w.shape[1]);
     for v in [&g, &m1, &m2] {
@@ -158,8 +190,18 @@ pub fn apollo_step(
     }
     require_disjoint(&views)?;
 
-    let mut state = MatrixState { step, seed, prev_norm };
-    let ptrs = (SendPtr(w.ptr), SendPtr(g.ptr), SendPtr(m1.ptr), SendPtr(m2.ptr), p.as_ref().map(|p| SendPtr(p.ptr)));
+    let mut state = MatrixState {
+        step,
+        seed,
+        prev_norm,
+    };
+    let ptrs = (
+        SendPtr(w.ptr),
+        SendPtr(g.ptr),
+        SendPtr(m1.ptr),
+        SendPtr(m2.ptr),
+        p.as_ref().map(|p| SendPtr(p.ptr)),
+    );
     let dtype = w.dtype;
     let (numel, mlen, plen) = (m * n, geo.moment_len(), geo.projection_len());
     let result = py.detach(|| {
@@ -173,19 +215,67 @@ pub fn apollo_step(
             unsafe {
                 let m1 = std::slice::from_raw_parts_mut(ptrs.2.get() as *mut f32, mlen);
                 let m2 = std::slice::from_raw_parts_mut(ptrs.3.get() as *mut f32, mlen);
-                let p = ptrs.4.as_ref().map(|p| std::slice::from_raw_parts(p.get() as *const f32, plen));
+                let p = ptrs
+                    .4
+                    .as_ref()
+                    .map(|p| std::slice::from_raw_parts(p.get() as *const f32, plen));
                 fn go<T: Element>(
-                    cfg: &ApolloConfig, m: usize, n: usize, w: *mut u8, g: *mut u8, numel: usize,
-                    m1: &mut [f32], m2: &mut [f32], st: &mut MatrixState, p: Option<&[f32]>, ws: &mut apollo::Workspace,
+                    cfg: &ApolloConfig,
+                    m: usize,
+                    n: usize,
+                    w: *mut u8,
+                    g: *mut u8,
+                    numel: usize,
+                    m1: &mut [f32],
+                    m2: &mut [f32],
+                    st: &mut MatrixState,
+                    p: Option<&[f32]>,
+                    ws: &mut apollo::Workspace,
                 ) -> plasticity_core::Result<StepOutcome> {
                     let w = unsafe { std::slice::from_raw_parts_mut(w as *mut T, numel) };
                     let g = unsafe { std::slice::from_raw_parts(g as *const T, numel) };
                     apollo::apollo_step(cfg, m, n, w, g, m1, m2, st, p, ws)
                 }
                 match dtype {
-                    DType::F32 => go::<f32>(cfg, m, n, ptrs.0.get(), ptrs.1.get(), numel, m1, m2, state, p, ws),
-                    DType::BF16 => go::<bf16>(cfg, m, n, ptrs.0.get(), ptrs.1.get(), numel, m1, m2, state, p, ws),
-                    DType::F16 => go::<f16>(cfg, m, n, ptrs.0.get(), ptrs.1.get(), numel, m1, m2, state, p, ws),
+                    DType::F32 => go::<f32>(
+                        cfg,
+                        m,
+                        n,
+                        ptrs.0.get(),
+                        ptrs.1.get(),
+                        numel,
+                        m1,
+                        m2,
+                        state,
+                        p,
+                        ws,
+                    ),
+                    DType::BF16 => go::<bf16>(
+                        cfg,
+                        m,
+                        n,
+                        ptrs.0.get(),
+                        ptrs.1.get(),
+                        numel,
+                        m1,
+                        m2,
+                        state,
+                        p,
+                        ws,
+                    ),
+                    DType::F16 => go::<f16>(
+                        cfg,
+                        m,
+                        n,
+                        ptrs.0.get(),
+                        ptrs.1.get(),
+                        numel,
+                        m1,
+                        m2,
+                        state,
+                        p,
+                        ws,
+                    ),
                 }
             }
         })
@@ -219,7 +309,15 @@ pub fn adamw_step(
     stochastic_rounding: bool,
     workspace: &Workspace,
 ) -> PyResult<(bool, u64)> {
-    let cfg = AdamConfig { lr, beta1, beta2, eps, weight_decay, correct_bias, stochastic_rounding };
+    let cfg = AdamConfig {
+        lr,
+        beta1,
+        beta2,
+        eps,
+        weight_decay,
+        correct_bias,
+        stochastic_rounding,
+    };
     cfg.validate().map_err(core_err)?;
     let w = TensorView::new(weight, "weight")?;
     let g = TensorView::new(grad, "grad")?;
@@ -238,7 +336,12 @@ pub fn adamw_step(
     require_disjoint(&[&w, &g, &m1, &m2])?;
     let numel = w.numel();
     let mut st = step;
-    let ptrs = (SendPtr(w.ptr), SendPtr(g.ptr), SendPtr(m1.ptr), SendPtr(m2.ptr));
+    let ptrs = (
+        SendPtr(w.ptr),
+        SendPtr(g.ptr),
+        SendPtr(m1.ptr),
+        SendPtr(m2.ptr),
+    );
     let dtype = w.dtype;
     let threads = workspace.pool.current_num_threads();
     let result = py.detach(|| {
@@ -248,17 +351,54 @@ pub fn adamw_step(
             let m1 = std::slice::from_raw_parts_mut(ptrs.2.get() as *mut f32, numel);
             let m2 = std::slice::from_raw_parts_mut(ptrs.3.get() as *mut f32, numel);
             fn go<T: Element>(
-                cfg: &AdamConfig, w: *mut u8, g: *mut u8, numel: usize, m1: &mut [f32], m2: &mut [f32],
-                st: &mut u64, seed: u64, threads: usize,
+                cfg: &AdamConfig,
+                w: *mut u8,
+                g: *mut u8,
+                numel: usize,
+                m1: &mut [f32],
+                m2: &mut [f32],
+                st: &mut u64,
+                seed: u64,
+                threads: usize,
             ) -> plasticity_core::Result<StepOutcome> {
                 let w = unsafe { std::slice::from_raw_parts_mut(w as *mut T, numel) };
                 let g = unsafe { std::slice::from_raw_parts(g as *const T, numel) };
                 apollo::adamw_step(cfg, w, g, m1, m2, st, seed, threads)
             }
             match dtype {
-                DType::F32 => go::<f32>(cfg, ptrs.0.get(), ptrs.1.get(), numel, m1, m2, st, seed, threads),
-                DType::BF16 => go::<bf16>(cfg, ptrs.0.get(), ptrs.1.get(), numel, m1, m2, st, seed, threads),
-                DType::F16 => go::<f16>(cfg, ptrs.0.get(), ptrs.1.get(), numel, m1, m2, st, seed, threads),
+                DType::F32 => go::<f32>(
+                    cfg,
+                    ptrs.0.get(),
+                    ptrs.1.get(),
+                    numel,
+                    m1,
+                    m2,
+                    st,
+                    seed,
+                    threads,
+                ),
+                DType::BF16 => go::<bf16>(
+                    cfg,
+                    ptrs.0.get(),
+                    ptrs.1.get(),
+                    numel,
+                    m1,
+                    m2,
+                    st,
+                    seed,
+                    threads,
+                ),
+                DType::F16 => go::<f16>(
+                    cfg,
+                    ptrs.0.get(),
+                    ptrs.1.get(),
+                    numel,
+                    m1,
+                    m2,
+                    st,
+                    seed,
+                    threads,
+                ),
             }
         })
     });
@@ -267,6 +407,12 @@ pub fn adamw_step(
 }
 
 /// Write the seeded projection of `period` (rank×d, N(0, 1/rank)) into `out`.
+/// Whether this CPU runs the bf16 projection kernel (AVX512-BF16).
+#[pyfunction]
+pub fn bf16_projection_available() -> bool {
+    plasticity_core::apollo::bf16_gemm::available()
+}
+
 #[pyfunction]
 pub fn fill_projection(out: &Bound<'_, PyAny>, seed: u64, period: u64) -> PyResult<()> {
     let v = TensorView::new(out, "out")?;
@@ -274,7 +420,10 @@ pub fn fill_projection(out: &Bound<'_, PyAny>, seed: u64, period: u64) -> PyResu
     v.require_dtype(DType::F32)?;
     v.require_nonempty()?;
     if v.shape.len() != 2 {
-        return Err(PyValueError::new_err(format!("out: expected (rank, d), got {:?}", v.shape)));
+        return Err(PyValueError::new_err(format!(
+            "out: expected (rank, d), got {:?}",
+            v.shape
+        )));
     }
     let (r, d) = (v.shape[0], v.shape[1]);
     let s = unsafe { v.slice_mut::<f32>() };

@@ -16,5 +16,6 @@ fn _plasticity(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(apollo::apollo_step, m)?)?;
     m.add_function(wrap_pyfunction!(apollo::adamw_step, m)?)?;
     m.add_function(wrap_pyfunction!(apollo::fill_projection, m)?)?;
+    m.add_function(wrap_pyfunction!(apollo::bf16_projection_available, m)?)?;
     Ok(())
 }

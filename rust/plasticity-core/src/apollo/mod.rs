@@ -16,6 +16,7 @@
 //! The implementation never forms S: ‖S‖² = Σ s_i²‖G_i‖², so G is read once for
 //! the projection (+ its channel norms) and once for the fused final update.
 
+pub mod bf16_gemm;
 mod passes;
 
 use crate::element::Element;
@@ -29,6 +30,17 @@ pub enum ScaleType {
     Channel,
     /// One factor for the whole tensor (Apollo-Mini, rank 1).
     Tensor,
+}
+
+/// Precision of the projection R = G·Pᵀ (only R's channel norms use it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProjectionPrecision {
+    /// f32 GEMM: exact reference semantics.
+    F32,
+    /// bf16 inputs, f32 accumulation (AVX512-BF16; f32 fallback elsewhere).
+    Bf16,
+    /// bf16 for 16-bit weights (as the reference does), f32 for f32 weights.
+    Auto,
 }
 
 /// Hyper-parameters of one Apollo parameter group.
@@ -50,6 +62,7 @@ pub struct ApolloConfig {
     pub norm_growth_limit: Option<f32>,
     /// Round 16-bit weights stochastically (unbiased) instead of to nearest.
     pub stochastic_rounding: bool,
+    pub projection_precision: ProjectionPrecision,
 }
 
 impl Default for ApolloConfig {
@@ -67,6 +80,7 @@ impl Default for ApolloConfig {
             update_proj_gap: 200,
             norm_growth_limit: Some(1.01),
             stochastic_rounding: false,
+            projection_precision: ProjectionPrecision::Auto,
         }
     }
 }
@@ -82,12 +96,16 @@ impl ApolloConfig {
         }
         if let Some(a) = self.alpha {
             if !(a.is_finite() && a > 0.0) {
-                return Err(CoreError::Config(format!("alpha must be finite and > 0, got {a}")));
+                return Err(CoreError::Config(format!(
+                    "alpha must be finite and > 0, got {a}"
+                )));
             }
         }
         if let Some(g) = self.norm_growth_limit {
             if !(g.is_finite() && g >= 1.0) {
-                return Err(CoreError::Config(format!("norm_growth_limit must be finite and ≥ 1, got {g}")));
+                return Err(CoreError::Config(format!(
+                    "norm_growth_limit must be finite and ≥ 1, got {g}"
+                )));
             }
         }
         Ok(())
@@ -107,7 +125,8 @@ impl ApolloConfig {
 
     /// α actually used for a matrix whose compressed dimension is `d`.
     pub fn alpha_for(&self, d: usize) -> f32 {
-        self.alpha.unwrap_or_else(|| (d as f32 / self.rank as f32).sqrt())
+        self.alpha
+            .unwrap_or_else(|| (d as f32 / self.rank as f32).sqrt())
     }
 }
 
@@ -129,7 +148,9 @@ impl AdamConfig {
             if v.is_finite() && v >= 0.0 {
                 Ok(())
             } else {
-                Err(CoreError::Config(format!("{name} must be finite and ≥ 0, got {v}")))
+                Err(CoreError::Config(format!(
+                    "{name} must be finite and ≥ 0, got {v}"
+                )))
             }
         };
         finite_nonneg("lr", self.lr)?;
@@ -137,7 +158,9 @@ impl AdamConfig {
         finite_nonneg("eps", self.eps)?;
         for (name, b) in [("beta1", self.beta1), ("beta2", self.beta2)] {
             if !(0.0..1.0).contains(&b) {
-                return Err(CoreError::Config(format!("{name} must be in [0, 1), got {b}")));
+                return Err(CoreError::Config(format!(
+                    "{name} must be in [0, 1), got {b}"
+                )));
             }
         }
         Ok(())
@@ -250,6 +273,8 @@ pub struct Workspace {
     pub(crate) nsq: Vec<f64>,
     pub(crate) rsq: Vec<f64>,
     pub(crate) scale: Vec<f32>,
+    pub(crate) a16: Vec<u16>,
+    pub(crate) packed: bf16_gemm::PackedB,
     /// Opt-in: keep the last projection per (seed, period) so it is generated
     /// once per refresh instead of once per step (costs r·d floats per matrix).
     cache: Option<std::collections::HashMap<(u64, u64), Vec<f32>>>,
@@ -266,6 +291,8 @@ impl Workspace {
             nsq: Vec::new(),
             rsq: Vec::new(),
             scale: Vec::new(),
+            a16: Vec::new(),
+            packed: bf16_gemm::PackedB::new(),
             cache: None,
         }
     }
@@ -280,18 +307,25 @@ impl Workspace {
 
     /// Keep generated projections between steps (the opt-in speed trade).
     pub fn set_projection_cache(&mut self, enabled: bool) {
-        self.cache = if enabled { Some(Default::default()) } else { None };
+        self.cache = if enabled {
+            Some(Default::default())
+        } else {
+            None
+        };
     }
 
     /// Bytes of scratch currently held (not counting the projection cache).
     pub fn scratch_bytes(&self) -> usize {
         4 * (self.g32.capacity() + self.r.capacity() + self.p.capacity() + self.scale.capacity())
+            + 2 * (self.a16.capacity() + self.packed.data.capacity())
             + 8 * (self.gsq.capacity() + self.nsq.capacity() + self.rsq.capacity())
     }
 
     /// Bytes held by the projection cache.
     pub fn cache_bytes(&self) -> usize {
-        self.cache.as_ref().map_or(0, |c| c.values().map(|v| 4 * v.len()).sum())
+        self.cache
+            .as_ref()
+            .map_or(0, |c| c.values().map(|v| 4 * v.len()).sum())
     }
 }
 
@@ -330,7 +364,11 @@ pub fn apollo_step<T: Element>(
     ws: &mut Workspace,
 ) -> Result<StepOutcome> {
     cfg.validate()?;
-    let geo = Geometry { m, n, rank: cfg.rank };
+    let geo = Geometry {
+        m,
+        n,
+        rank: cfg.rank,
+    };
     if m == 0 || n == 0 {
         return Err(CoreError::Shape(format!("empty matrix {m}×{n}")));
     }
@@ -396,7 +434,26 @@ pub fn apollo_step<T: Element>(
     grow(&mut ws.gsq, geo.channels());
     let r = &mut ws.r[..geo.moment_len()];
     let gsq = &mut ws.gsq[..geo.channels()];
-    passes::project(&geo, g, p, r, gsq, &mut ws.g32, threads);
+    let k_even = if m >= n { n % 2 == 0 } else { m % 2 == 0 };
+    let use_bf16 = k_even
+        && bf16_gemm::available()
+        && match cfg.projection_precision {
+            ProjectionPrecision::F32 => false,
+            ProjectionPrecision::Bf16 => true,
+            ProjectionPrecision::Auto => T::DTYPE != crate::element::DType::F32,
+        };
+    passes::project(
+        &geo,
+        g,
+        p,
+        r,
+        gsq,
+        &mut ws.g32,
+        &mut ws.a16,
+        &mut ws.packed,
+        use_bf16,
+        threads,
+    );
 
     let gsq_total: f64 = gsq.iter().sum();
     if !gsq_total.is_finite() || !passes::all_finite(r, threads) {
@@ -427,7 +484,12 @@ pub fn apollo_step<T: Element>(
     }
 
     // Norm of S = G·diag(s) without forming it.
-    let s_norm: f64 = scale.iter().zip(gsq.iter()).map(|(&s, &q)| (s as f64) * (s as f64) * q).sum::<f64>().sqrt();
+    let s_norm: f64 = scale
+        .iter()
+        .zip(gsq.iter())
+        .map(|(&s, &q)| (s as f64) * (s as f64) * q)
+        .sum::<f64>()
+        .sqrt();
     let mut limiter = 1.0f32;
     if let Some(gamma) = cfg.norm_growth_limit {
         match state.prev_norm {
@@ -447,10 +509,18 @@ pub fn apollo_step<T: Element>(
 
     // Pass 2: W −= c·G, then W −= lr·wd·W.
     let decay = cfg.lr * cfg.weight_decay;
-    let round_seed = if cfg.stochastic_rounding { Some(rng::derive(state.seed ^ 0x5eed, state.step)) } else { None };
+    let round_seed = if cfg.stochastic_rounding {
+        Some(rng::derive(state.seed ^ 0x5eed, state.step))
+    } else {
+        None
+    };
     passes::apply_update(&geo, w, g, scale, decay, round_seed, threads);
 
-    Ok(StepOutcome::Applied { limiter, step_size, refreshed })
+    Ok(StepOutcome::Applied {
+        limiter,
+        step_size,
+        refreshed,
+    })
 }
 
 /// One plain AdamW step in the HF/apollo-torch convention (ε added before bias
@@ -481,9 +551,19 @@ pub fn adamw_step<T: Element>(
     }
     *step += 1;
     let step_size = cfg.step_size(*step) as f32;
-    let round_seed = if cfg.stochastic_rounding { Some(rng::derive(seed ^ 0xada3, *step)) } else { None };
-    passes::adamw_update(cfg, step_size, w, g, exp_avg, exp_avg_sq, round_seed, threads);
-    Ok(StepOutcome::Applied { limiter: 1.0, step_size, refreshed: false })
+    let round_seed = if cfg.stochastic_rounding {
+        Some(rng::derive(seed ^ 0xada3, *step))
+    } else {
+        None
+    };
+    passes::adamw_update(
+        cfg, step_size, w, g, exp_avg, exp_avg_sq, round_seed, threads,
+    );
+    Ok(StepOutcome::Applied {
+        limiter: 1.0,
+        step_size,
+        refreshed: false,
+    })
 }
 
 #[cfg(test)]

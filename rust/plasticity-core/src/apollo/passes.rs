@@ -9,6 +9,53 @@ use super::{AdamConfig, Geometry, Side};
 use crate::element::{DType, Element};
 use crate::rng;
 
+/// Call an `#[inline(always)]` generic kernel compiled for the widest vector
+/// ISA the CPU has (AVX-512, AVX2+FMA, or the baseline), chosen at run time.
+/// The arithmetic is the same in every variant, so results do not depend on it.
+macro_rules! simd {
+    ($f:ident :: <$t:ty> ($($a:expr),* $(,)?)) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            if crate::apollo::passes::isa() == 2 {
+                #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")]
+                unsafe fn wide<T: Element>(f: impl FnOnce() -> ()) { f() }
+                unsafe { wide::<$t>(|| $f::<$t>($($a),*)) }
+            } else if crate::apollo::passes::isa() == 1 {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn wide<T: Element>(f: impl FnOnce() -> ()) { f() }
+                unsafe { wide::<$t>(|| $f::<$t>($($a),*)) }
+            } else {
+                $f::<$t>($($a),*)
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        { $f::<$t>($($a),*) }
+    }};
+}
+
+/// 2 = AVX-512, 1 = AVX2+FMA, 0 = baseline; detected once.
+pub(crate) fn isa() -> u8 {
+    static ISA: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
+    *ISA.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512dq")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+            {
+                return 2;
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return 1;
+            }
+        }
+        0
+    })
+}
+
 /// A raw pointer that may cross threads; users write disjoint ranges only.
 #[derive(Clone, Copy)]
 struct Shared<T>(*mut T);
@@ -45,7 +92,11 @@ pub(crate) fn fill_normal_parallel(seed: u64, std: f32, out: &mut [f32]) {
     let len = out.len();
     let pairs = len.div_ceil(2);
     let ptr = Shared(out.as_mut_ptr());
-    let threads = if len < 1 << 15 { 1 } else { rayon::current_num_threads() };
+    let threads = if len < 1 << 15 {
+        1
+    } else {
+        rayon::current_num_threads()
+    };
     for_ranges(pairs, threads, |pr| {
         let s = pr.start * 2;
         let e = (pr.end * 2).min(len);
@@ -65,6 +116,7 @@ fn as_f32<T: Element>(g: &[T]) -> Option<&[f32]> {
 }
 
 /// Pass 1: the squared channel norms of G (f64) and R = G·Pᵀ or P·G.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn project<T: Element>(
     geo: &Geometry,
     g: &[T],
@@ -72,8 +124,14 @@ pub(crate) fn project<T: Element>(
     r: &mut [f32],
     gsq: &mut [f64],
     g32: &mut Vec<f32>,
+    a16: &mut Vec<u16>,
+    packed: &mut super::bf16_gemm::PackedB,
+    use_bf16: bool,
     threads: usize,
 ) {
+    if use_bf16 {
+        return project_bf16(geo, g, p, r, gsq, a16, packed, threads);
+    }
     let (m, n, rank) = (geo.m, geo.n, geo.rank);
     let native = as_f32(g);
     if native.is_none() && g32.len() < m * n {
@@ -105,7 +163,11 @@ pub(crate) fn project<T: Element>(
                     }
                     None => {
                         let dst = unsafe { conv.slice(row + cols.start, cols.len()) };
-                        for ((acc, d), &x) in sums.iter_mut().zip(dst.iter_mut()).zip(&g[row + cols.start..row + cols.end]) {
+                        for ((acc, d), &x) in sums
+                            .iter_mut()
+                            .zip(dst.iter_mut())
+                            .zip(&g[row + cols.start..row + cols.end])
+                        {
                             let v = x.to_f32();
                             *d = v;
                             *acc += (v as f64) * (v as f64);
@@ -119,28 +181,141 @@ pub(crate) fn project<T: Element>(
         Some(f) => f,
         None => &g32[..m * n],
     };
-    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
     // gemm computes dst := alpha·dst + beta·lhs·rhs; strides are (col, row).
     unsafe {
         match geo.side() {
             Side::Right => gemm::gemm(
-                m, rank, n,
-                r.as_mut_ptr(), 1, rank as isize,
+                m,
+                rank,
+                n,
+                r.as_mut_ptr(),
+                1,
+                rank as isize,
                 false,
-                gf.as_ptr(), 1, n as isize,
-                p.as_ptr(), n as isize, 1, // Pᵀ: element (k, j) = P[j·n + k]
-                0.0, 1.0, false, false, false, par,
+                gf.as_ptr(),
+                1,
+                n as isize,
+                p.as_ptr(),
+                n as isize,
+                1, // Pᵀ: element (k, j) = P[j·n + k]
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
             ),
             Side::Left => gemm::gemm(
-                rank, n, m,
-                r.as_mut_ptr(), 1, n as isize,
+                rank,
+                n,
+                m,
+                r.as_mut_ptr(),
+                1,
+                n as isize,
                 false,
-                p.as_ptr(), 1, m as isize,
-                gf.as_ptr(), 1, n as isize,
-                0.0, 1.0, false, false, false, par,
+                p.as_ptr(),
+                1,
+                m as isize,
+                gf.as_ptr(),
+                1,
+                n as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
             ),
         }
     }
+}
+
+/// Pass 1 with the bf16 kernel: channel norms in f64 from the exact gradient,
+/// the projection from bf16-rounded G and P.
+#[allow(clippy::too_many_arguments)]
+fn project_bf16<T: Element>(
+    geo: &Geometry,
+    g: &[T],
+    p: &[f32],
+    r: &mut [f32],
+    gsq: &mut [f64],
+    a16: &mut Vec<u16>,
+    packed: &mut super::bf16_gemm::PackedB,
+    threads: usize,
+) {
+    use super::bf16_gemm as k;
+    let (m, n, rank) = (geo.m, geo.n, geo.rank);
+    let sq = Shared(gsq.as_mut_ptr());
+    match geo.side() {
+        Side::Right => {
+            // A = G: bf16 weights are used in place; others converted once.
+            let native16 = T::DTYPE == DType::BF16;
+            if !native16 && a16.len() < m * n {
+                a16.resize(m * n, 0);
+            }
+            let conv = Shared(a16.as_mut_ptr());
+            for_ranges(m, threads, |rows| {
+                let sums = unsafe { sq.slice(rows.start, rows.len()) };
+                for (i, acc) in rows.clone().zip(sums.iter_mut()) {
+                    let src = &g[i * n..(i + 1) * n];
+                    *acc = sumsq_t(src);
+                    if !native16 {
+                        k::to_bf16_bits(src, unsafe { conv.slice(i * n, n) });
+                    }
+                }
+            });
+            let a: &[u16] = if native16 {
+                bytemuck::cast_slice(g)
+            } else {
+                &a16[..m * n]
+            };
+            packed.pack_transposed(p, n, rank);
+            k::gemm(a, m, packed, r, rank, threads);
+        }
+        Side::Left => {
+            for_ranges(n, threads, |cols| {
+                let sums = unsafe { sq.slice(cols.start, cols.len()) };
+                sums.fill(0.0);
+                for i in 0..m {
+                    let row = &g[i * n + cols.start..i * n + cols.end];
+                    for (acc, &x) in sums.iter_mut().zip(row) {
+                        let v = x.to_f32() as f64;
+                        *acc += v * v;
+                    }
+                }
+            });
+            if a16.len() < rank * m {
+                a16.resize(rank * m, 0);
+            }
+            k::to_bf16_bits(p, &mut a16[..rank * m]);
+            packed.pack_rows(g, m, n);
+            k::gemm(&a16[..rank * m], rank, packed, r, n, threads);
+        }
+    }
+}
+
+#[inline]
+fn sumsq_t<T: Element>(x: &[T]) -> f64 {
+    let mut acc = [0f64; 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for k in 0..8 {
+            let v = c[k].to_f32() as f64;
+            acc[k] += v * v;
+        }
+    }
+    let mut s: f64 = acc.iter().sum();
+    for &v in rest {
+        let v = v.to_f32() as f64;
+        s += v * v;
+    }
+    s
 }
 
 #[inline]
@@ -197,7 +372,12 @@ pub(crate) fn moments(
 ) {
     let (b1, b2, eps) = (adam.beta1, adam.beta2, adam.eps);
     let (c1, c2) = (1.0 - b1, 1.0 - b2);
-    let (pm, pv, pn, pr) = (Shared(m1.as_mut_ptr()), Shared(m2.as_mut_ptr()), Shared(nsq.as_mut_ptr()), Shared(rsq.as_mut_ptr()));
+    let (pm, pv, pn, pr) = (
+        Shared(m1.as_mut_ptr()),
+        Shared(m2.as_mut_ptr()),
+        Shared(nsq.as_mut_ptr()),
+        Shared(rsq.as_mut_ptr()),
+    );
     let rank = geo.rank;
     let update = |x: f32, m: &mut f32, v: &mut f32| -> f32 {
         *m = b1 * *m + c1 * x;
@@ -207,13 +387,27 @@ pub(crate) fn moments(
     match geo.side() {
         Side::Right => for_ranges(geo.m, threads, |rows| {
             let len = rows.len() * rank;
-            let (ms, vs) = unsafe { (pm.slice(rows.start * rank, len), pv.slice(rows.start * rank, len)) };
-            let (ns, rs) = unsafe { (pn.slice(rows.start, rows.len()), pr.slice(rows.start, rows.len())) };
+            let (ms, vs) = unsafe {
+                (
+                    pm.slice(rows.start * rank, len),
+                    pv.slice(rows.start * rank, len),
+                )
+            };
+            let (ns, rs) = unsafe {
+                (
+                    pn.slice(rows.start, rows.len()),
+                    pr.slice(rows.start, rows.len()),
+                )
+            };
             let rr = &r[rows.start * rank..rows.end * rank];
             for (k, (nacc, racc)) in ns.iter_mut().zip(rs.iter_mut()).enumerate() {
                 let (mut a, mut b) = (0f64, 0f64);
                 let seg = k * rank..(k + 1) * rank;
-                for ((&x, m), v) in rr[seg.clone()].iter().zip(ms[seg.clone()].iter_mut()).zip(vs[seg].iter_mut()) {
+                for ((&x, m), v) in rr[seg.clone()]
+                    .iter()
+                    .zip(ms[seg.clone()].iter_mut())
+                    .zip(vs[seg].iter_mut())
+                {
                     let nv = update(x, m, v);
                     a += (nv as f64) * (nv as f64);
                     b += (x as f64) * (x as f64);
@@ -225,12 +419,18 @@ pub(crate) fn moments(
         Side::Left => {
             let n = geo.n;
             for_ranges(n, threads, |cols| {
-                let (ns, rs) = unsafe { (pn.slice(cols.start, cols.len()), pr.slice(cols.start, cols.len())) };
+                let (ns, rs) = unsafe {
+                    (
+                        pn.slice(cols.start, cols.len()),
+                        pr.slice(cols.start, cols.len()),
+                    )
+                };
                 ns.fill(0.0);
                 rs.fill(0.0);
                 for k in 0..rank {
                     let off = k * n + cols.start;
-                    let (ms, vs) = unsafe { (pm.slice(off, cols.len()), pv.slice(off, cols.len())) };
+                    let (ms, vs) =
+                        unsafe { (pm.slice(off, cols.len()), pv.slice(off, cols.len())) };
                     for ((((&x, m), v), a), b) in r[off..off + cols.len()]
                         .iter()
                         .zip(ms.iter_mut())
@@ -272,33 +472,50 @@ pub(crate) fn apply_update<T: Element>(
     let side = geo.side();
     for_ranges(m, threads, |rows| {
         let ws = unsafe { pw.slice(rows.start * n, rows.len() * n) };
-        for (li, i) in rows.clone().enumerate() {
-            let wrow = &mut ws[li * n..(li + 1) * n];
-            let grow = &g[i * n..(i + 1) * n];
-            let base = i * n;
-            match side {
-                Side::Right => {
-                    let c = coef[i];
-                    for (j, (wv, &gv)) in wrow.iter_mut().zip(grow).enumerate() {
-                        let mut x = wv.to_f32() - c * gv.to_f32();
-                        if decay > 0.0 {
-                            x -= decay * x;
-                        }
-                        *wv = store(x, round_seed, base + j);
+        let gs = &g[rows.start * n..rows.end * n];
+        simd!(update_rows::<T>(
+            side, rows.start, n, ws, gs, coef, decay, round_seed
+        ));
+    });
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn update_rows<T: Element>(
+    side: Side,
+    first_row: usize,
+    n: usize,
+    ws: &mut [T],
+    gs: &[T],
+    coef: &[f32],
+    decay: f32,
+    round_seed: Option<u64>,
+) {
+    for (li, (wrow, grow)) in ws.chunks_exact_mut(n).zip(gs.chunks_exact(n)).enumerate() {
+        let i = first_row + li;
+        let base = i * n;
+        match side {
+            Side::Right => {
+                let c = coef[i];
+                for (j, (wv, &gv)) in wrow.iter_mut().zip(grow).enumerate() {
+                    let mut x = wv.to_f32() - c * gv.to_f32();
+                    if decay > 0.0 {
+                        x -= decay * x;
                     }
+                    *wv = store(x, round_seed, base + j);
                 }
-                Side::Left => {
-                    for (j, ((wv, &gv), &c)) in wrow.iter_mut().zip(grow).zip(coef).enumerate() {
-                        let mut x = wv.to_f32() - c * gv.to_f32();
-                        if decay > 0.0 {
-                            x -= decay * x;
-                        }
-                        *wv = store(x, round_seed, base + j);
+            }
+            Side::Left => {
+                for (j, ((wv, &gv), &c)) in wrow.iter_mut().zip(grow).zip(coef).enumerate() {
+                    let mut x = wv.to_f32() - c * gv.to_f32();
+                    if decay > 0.0 {
+                        x -= decay * x;
                     }
+                    *wv = store(x, round_seed, base + j);
                 }
             }
         }
-    });
+    }
 }
 
 /// Fused elementwise AdamW (HF convention) over the whole buffer.
@@ -316,10 +533,26 @@ pub(crate) fn adamw_update<T: Element>(
     let (b1, b2, eps) = (cfg.beta1, cfg.beta2, cfg.eps);
     let (c1, c2) = (1.0 - b1, 1.0 - b2);
     let decay = cfg.lr * cfg.weight_decay;
-    let (pw, pm, pv) = (Shared(w.as_mut_ptr()), Shared(m1.as_mut_ptr()), Shared(m2.as_mut_ptr()));
+    let (pw, pm, pv) = (
+        Shared(w.as_mut_ptr()),
+        Shared(m1.as_mut_ptr()),
+        Shared(m2.as_mut_ptr()),
+    );
     for_ranges(g.len(), threads, |rg| {
-        let (ws, ms, vs) = unsafe { (pw.slice(rg.start, rg.len()), pm.slice(rg.start, rg.len()), pv.slice(rg.start, rg.len())) };
-        for (k, (((wv, m), v), &gv)) in ws.iter_mut().zip(ms.iter_mut()).zip(vs.iter_mut()).zip(&g[rg.clone()]).enumerate() {
+        let (ws, ms, vs) = unsafe {
+            (
+                pw.slice(rg.start, rg.len()),
+                pm.slice(rg.start, rg.len()),
+                pv.slice(rg.start, rg.len()),
+            )
+        };
+        for (k, (((wv, m), v), &gv)) in ws
+            .iter_mut()
+            .zip(ms.iter_mut())
+            .zip(vs.iter_mut())
+            .zip(&g[rg.clone()])
+            .enumerate()
+        {
             let x = gv.to_f32();
             *m = b1 * *m + c1 * x;
             *v = b2 * *v + c2 * x * x;
