@@ -1,0 +1,132 @@
+"""Start a real vLLM OpenAI server (CPU backend) in a subprocess, for tests.
+
+    with VLLMServer(model_dir("qwen3-tiny")) as srv:
+        srv.post("/v1/completions", {"prompt": "def", "max_tokens": 8})
+
+Notes for this CPU-only setup:
+* the ``vllm`` console script is broken in this env: we run
+  ``python -m vllm.entrypoints.openai.api_server``;
+* ``--gpu-memory-utilization`` is a fraction of host RAM on CPU: keep it small;
+* start-up takes ~1-2 min on a 2-core box; never run two servers at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class VLLMServerError(RuntimeError):
+    pass
+
+
+class VLLMServer:
+    def __init__(self, model: str | Path, *, dtype: str = "float32", max_model_len: int = 1024,
+                 extra_args: tuple[str, ...] = (), env: dict | None = None,
+                 log_path: str | Path | None = None, startup_timeout: float = 300.0):
+        self.model = str(model)
+        self.dtype = dtype
+        self.max_model_len = max_model_len
+        self.extra_args = tuple(extra_args)
+        self.env = env or {}
+        self.startup_timeout = startup_timeout
+        self.log_path = Path(log_path) if log_path else Path(
+            tempfile.mkstemp(prefix="vllm-server-", suffix=".log")[1])
+        self.port: int | None = None
+        self.proc: subprocess.Popen | None = None
+        self.startup_seconds: float | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+                "--model", self.model, "--dtype", self.dtype,
+                "--gpu-memory-utilization", "0.2", "--max-model-len", str(self.max_model_len),
+                "--host", "127.0.0.1", "--port", str(self.port), *self.extra_args]
+
+    def log_tail(self, n: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "<no log>"
+
+    def start(self) -> "VLLMServer":
+        self.port = free_port()
+        env = dict(os.environ)
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache in host RAM
+        env.setdefault("VLLM_NO_USAGE_STATS", "1")
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        env.update(self.env)
+        t0 = time.time()
+        with open(self.log_path, "wb") as log:
+            # Own session/process group: stop() can signal the engine workers too.
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        deadline = t0 + self.startup_timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise VLLMServerError(
+                    f"vLLM exited with code {self.proc.returncode} during start-up "
+                    f"(log {self.log_path}):\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            if time.time() > deadline:
+                self.stop()
+                raise VLLMServerError(
+                    f"vLLM not healthy after {self.startup_timeout:.0f} s "
+                    f"(log {self.log_path}):\n{self.log_tail()}")
+            time.sleep(1.0)
+        self.startup_seconds = time.time() - t0
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        except ProcessLookupError:
+            pass
+
+    def __enter__(self) -> "VLLMServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def post(self, path: str, payload: dict, timeout: float = 120.0) -> dict:
+        req = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            raise VLLMServerError(f"POST {path} -> {e.code}: {e.read().decode(errors='replace')}")
+
+    def served_model(self) -> str:
+        with urllib.request.urlopen(self.url + "/v1/models", timeout=10) as r:
+            return json.loads(r.read())["data"][0]["id"]
