@@ -5,6 +5,7 @@
 //! `python/plasticity/`.
 
 mod apollo;
+mod steering;
 mod tensor;
 
 use pyo3::prelude::*;
@@ -17,5 +18,6 @@ fn _plasticity(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(apollo::adamw_step, m)?)?;
     m.add_function(wrap_pyfunction!(apollo::fill_projection, m)?)?;
     m.add_function(wrap_pyfunction!(apollo::bf16_projection_available, m)?)?;
+    m.add_function(wrap_pyfunction!(steering::steering_add_, m)?)?;
     Ok(())
 }

@@ -48,6 +48,7 @@ struct DLManagedTensor {
 
 const KDL_CPU: i32 = 1;
 const KDL_CUDA: i32 = 2;
+const KDL_INT: u8 = 0;
 const KDL_FLOAT: u8 = 2;
 const KDL_BFLOAT: u8 = 4;
 const DLTENSOR: &CStr = c"dltensor";
@@ -71,59 +72,102 @@ pub struct TensorView<'py> {
     pub shape: Vec<usize>,
 }
 
-impl<'py> TensorView<'py> {
-    /// Borrow `obj` (a torch tensor). `name` is used in error messages.
-    pub fn new(obj: &Bound<'py, PyAny>, name: &'static str) -> PyResult<Self> {
-        let type_name = obj.get_type().name()?.to_string();
-        if !obj.hasattr("__dlpack__")? || !obj.hasattr("detach")? {
-            return Err(PyTypeError::new_err(format!("{name}: expected a torch.Tensor, got {type_name}")));
+/// What a DLPack descriptor says, before any dtype policy is applied.
+struct Borrowed<'py> {
+    capsule: Bound<'py, PyCapsule>,
+    ptr: *mut u8,
+    code: u8,
+    bits: u8,
+    lanes: u16,
+    device: Device,
+    shape: Vec<usize>,
+}
+
+/// Borrow `obj` through DLPack and check row-major contiguity; dtype is the
+/// caller's business (float views and index views accept different ones).
+fn borrow<'py>(obj: &Bound<'py, PyAny>, name: &'static str) -> PyResult<Borrowed<'py>> {
+    let type_name = obj.get_type().name()?.to_string();
+    if !obj.hasattr("__dlpack__")? || !obj.hasattr("detach")? {
+        return Err(PyTypeError::new_err(format!(
+            "{name}: expected a torch.Tensor, got {type_name}"
+        )));
+    }
+    // detach(): same storage, no autograd (DLPack refuses tensors requiring grad).
+    let capsule = obj
+        .call_method0("detach")
+        .and_then(|t| t.call_method0("__dlpack__"))
+        .map_err(|e| {
+            PyValueError::new_err(format!("{name}: cannot be borrowed zero-copy ({e})"))
+        })?;
+    let capsule = capsule.cast_into::<PyCapsule>().map_err(|_| {
+        PyTypeError::new_err(format!("{name}: __dlpack__ did not return a capsule"))
+    })?;
+    let raw = capsule.pointer_checked(Some(DLTENSOR)).map_err(|_| {
+        PyTypeError::new_err(format!(
+            "{name}: not an unconsumed DLPack 'dltensor' capsule"
+        ))
+    })?;
+    // SAFETY: a "dltensor" capsule holds a DLManagedTensor valid while the capsule lives.
+    let t = unsafe { &(*(raw.as_ptr() as *const DLManagedTensor)).dl_tensor };
+    let device = match t.device.device_type {
+        KDL_CPU => Device::Cpu,
+        KDL_CUDA => Device::Cuda(t.device.device_id),
+        other => Device::Other(other),
+    };
+    let ndim = usize::try_from(t.ndim)
+        .map_err(|_| PyValueError::new_err(format!("{name}: negative ndim")))?;
+    let shape: Vec<usize> = (0..ndim)
+        .map(|i| unsafe { *t.shape.add(i) } as usize)
+        .collect();
+    // Row-major contiguity: strides (in elements) must be the suffix products.
+    // Size-1 dimensions may carry any stride (torch normalises inconsistently).
+    if !t.strides.is_null() {
+        let mut expect: i64 = 1;
+        for i in (0..ndim).rev() {
+            let s = unsafe { *t.strides.add(i) };
+            if shape[i] != 1 && s != expect {
+                return Err(PyValueError::new_err(format!(
+                    "{name}: tensor is not contiguous (shape {shape:?}); call .contiguous() — plasticity never copies silently"
+                )));
+            }
+            expect *= shape[i] as i64;
         }
-        // detach(): same storage, no autograd (DLPack refuses tensors requiring grad).
-        let capsule = obj
-            .call_method0("detach")
-            .and_then(|t| t.call_method0("__dlpack__"))
-            .map_err(|e| PyValueError::new_err(format!("{name}: cannot be borrowed zero-copy ({e})")))?;
-        let capsule = capsule
-            .cast_into::<PyCapsule>()
-            .map_err(|_| PyTypeError::new_err(format!("{name}: __dlpack__ did not return a capsule")))?;
-        let raw = capsule
-            .pointer_checked(Some(DLTENSOR))
-            .map_err(|_| PyTypeError::new_err(format!("{name}: not an unconsumed DLPack 'dltensor' capsule")))?;
-        // SAFETY: a "dltensor" capsule holds a DLManagedTensor valid while the capsule lives.
-        let t = unsafe { &(*(raw.as_ptr() as *const DLManagedTensor)).dl_tensor };
-        let device = match t.device.device_type {
-            KDL_CPU => Device::Cpu,
-            KDL_CUDA => Device::Cuda(t.device.device_id),
-            other => Device::Other(other),
-        };
-        let dtype = match (t.dtype.code, t.dtype.bits, t.dtype.lanes) {
+    }
+    let ptr = unsafe { (t.data as *mut u8).add(t.byte_offset as usize) };
+    let (code, bits, lanes) = (t.dtype.code, t.dtype.bits, t.dtype.lanes);
+    Ok(Borrowed {
+        capsule,
+        ptr,
+        code,
+        bits,
+        lanes,
+        device,
+        shape,
+    })
+}
+
+impl<'py> TensorView<'py> {
+    /// Borrow `obj` (a float torch tensor). `name` is used in error messages.
+    pub fn new(obj: &Bound<'py, PyAny>, name: &'static str) -> PyResult<Self> {
+        let b = borrow(obj, name)?;
+        let dtype = match (b.code, b.bits, b.lanes) {
             (KDL_FLOAT, 32, 1) => DType::F32,
             (KDL_FLOAT, 16, 1) => DType::F16,
             (KDL_BFLOAT, 16, 1) => DType::BF16,
-            (c, b, l) => {
+            (c, bits, l) => {
                 return Err(PyTypeError::new_err(format!(
-                    "{name}: unsupported dtype (DLPack code {c}, {b} bits, {l} lanes); expected float32, bfloat16 or float16"
+                    "{name}: unsupported dtype (DLPack code {c}, {bits} bits, {l} lanes); expected float32, bfloat16 or float16"
                 )))
             }
         };
-        let ndim = usize::try_from(t.ndim).map_err(|_| PyValueError::new_err(format!("{name}: negative ndim")))?;
-        let shape: Vec<usize> = (0..ndim).map(|i| unsafe { *t.shape.add(i) } as usize).collect();
-        // Row-major contiguity: strides (in elements) must be the suffix products.
-        // Size-1 dimensions may carry any stride (torch normalises inconsistently).
-        if !t.strides.is_null() {
-            let mut expect: i64 = 1;
-            for i in (0..ndim).rev() {
-                let s = unsafe { *t.strides.add(i) };
-                if shape[i] != 1 && s != expect {
-                    return Err(PyValueError::new_err(format!(
-                        "{name}: tensor is not contiguous (shape {shape:?}); call .contiguous() — plasticity never copies silently"
-                    )));
-                }
-                expect *= shape[i] as i64;
-            }
-        }
-        let ptr = unsafe { (t.data as *mut u8).add(t.byte_offset as usize) };
-        Ok(Self { _capsule: capsule, name, ptr, dtype, device, shape })
+        Ok(Self {
+            _capsule: b.capsule,
+            name,
+            ptr: b.ptr,
+            dtype,
+            device: b.device,
+            shape: b.shape,
+        })
     }
 
     pub fn numel(&self) -> usize {
@@ -169,12 +213,15 @@ impl<'py> TensorView<'py> {
 
     pub fn require_nonempty(&self) -> PyResult<()> {
         if self.numel() == 0 {
-            return Err(PyValueError::new_err(format!("{}: tensor is empty", self.name)));
+            return Err(PyValueError::new_err(format!(
+                "{}: tensor is empty",
+                self.name
+            )));
         }
         Ok(())
     }
 
-    fn range(&self) -> (usize, usize) {
+    pub fn range(&self) -> (usize, usize) {
         let s = self.ptr as usize;
         (s, s + self.nbytes())
     }
@@ -213,5 +260,70 @@ unsafe impl Sync for SendPtr {}
 impl SendPtr {
     pub fn get(&self) -> *mut u8 {
         self.0
+    }
+}
+
+/// Integer dtypes an index tensor may have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IndexDType {
+    I32,
+    I64,
+}
+
+/// A checked, borrowed view of an integer (index) tensor. Kept apart from
+/// [`TensorView`] so float-only entry points keep refusing integer tensors.
+pub struct IndexView<'py> {
+    _capsule: Bound<'py, PyCapsule>,
+    pub name: &'static str,
+    pub ptr: *mut u8,
+    pub dtype: IndexDType,
+    pub device: Device,
+    pub shape: Vec<usize>,
+}
+
+impl<'py> IndexView<'py> {
+    pub fn new(obj: &Bound<'py, PyAny>, name: &'static str) -> PyResult<Self> {
+        let b = borrow(obj, name)?;
+        let dtype = match (b.code, b.bits, b.lanes) {
+            (KDL_INT, 32, 1) => IndexDType::I32,
+            (KDL_INT, 64, 1) => IndexDType::I64,
+            (c, bits, l) => {
+                return Err(PyTypeError::new_err(format!(
+                    "{name}: unsupported dtype (DLPack code {c}, {bits} bits, {l} lanes); expected int32 or int64"
+                )))
+            }
+        };
+        Ok(Self {
+            _capsule: b.capsule,
+            name,
+            ptr: b.ptr,
+            dtype,
+            device: b.device,
+            shape: b.shape,
+        })
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn nbytes(&self) -> usize {
+        self.numel() * if self.dtype == IndexDType::I32 { 4 } else { 8 }
+    }
+
+    pub fn require_cpu(&self) -> PyResult<()> {
+        if self.device != Device::Cpu {
+            return Err(PyValueError::new_err(format!(
+                "{}: tensor is on {:?}; this operation runs on CPU tensors (the CUDA path is separate)",
+                self.name, self.device
+            )));
+        }
+        Ok(())
+    }
+
+    /// Byte range, for overlap checks against float views.
+    pub fn byte_range(&self) -> (usize, usize) {
+        let s = self.ptr as usize;
+        (s, s + self.nbytes())
     }
 }

@@ -1,0 +1,70 @@
+"""``plasticity serve MODEL [vllm serve args] [--config plasticity.toml]``.
+
+``vllm serve`` with the plasticity plugins loaded: sets ``PLASTICITY_CONFIG``
+(read by the API server and by every worker) and adds our two entry points to
+``VLLM_PLUGINS`` (kept as the user set it; when unset, every installed general
+plugin stays enabled, since naming any plugin turns the others off), then
+replaces this process with vLLM's OpenAI-compatible server.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from importlib.metadata import entry_points
+
+GENERAL = "plasticity"
+ENDPOINT = "plasticity_http"
+
+
+def plugin_env(environ: dict[str, str], config: str | None) -> dict[str, str]:
+    env = dict(environ)
+    if config:
+        path = os.path.abspath(config)
+        if not os.path.isfile(path):
+            raise SystemExit(f"plasticity serve: config file {config} not found")
+        env["PLASTICITY_CONFIG"] = path
+    user = env.get("VLLM_PLUGINS")
+    if user is not None:
+        names = [n.strip() for n in user.split(",") if n.strip()]
+    else:
+        names = [ep.name for ep in entry_points(group="vllm.general_plugins")]
+    for n in (GENERAL, ENDPOINT):
+        if n not in names:
+            names.append(n)
+    env["VLLM_PLUGINS"] = ",".join(names)
+    return env
+
+
+def split_args(argv: list[str]) -> tuple[str | None, str | None, list[str]]:
+    """(model, config, remaining vLLM args)."""
+    config, rest, i = None, [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--config":
+            if i + 1 >= len(argv):
+                raise SystemExit("plasticity serve: --config needs a path")
+            config, i = argv[i + 1], i + 2
+            continue
+        if a.startswith("--config="):
+            config = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+        i += 1
+    model = None
+    if rest and not rest[0].startswith("-"):
+        model, rest = rest[0], rest[1:]
+    return model, config, rest
+
+
+def main(argv: list[str]) -> int:
+    model, config, rest = split_args(argv)
+    if model is None and "--model" not in rest and not any(a.startswith("--model=") for a in rest):
+        raise SystemExit("usage: plasticity serve MODEL [vllm serve arguments] [--config plasticity.toml]")
+    env = plugin_env(os.environ, config)
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
+    if model is not None:
+        cmd += ["--model", model]
+    cmd += rest
+    os.execve(sys.executable, cmd, env)
+    return 0  # not reached

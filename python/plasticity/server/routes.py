@@ -1,0 +1,191 @@
+"""The ``vllm.endpoint_plugins`` entry point: steering admin routes + request middleware.
+
+Routes (the mutating ones are off unless ``[steering] admin = true``, and need
+the server's API key when one is set):
+
+- ``GET    /v1/steering/vectors``          list (name, layers, norm, source)
+- ``POST   /v1/steering/vectors``          ``{"name", "path"}`` (file inside vectors_dir)
+                                          | ``{"name", "values": {"<layer>": [...]}}``
+                                          | ``{"name", "extract": {"pairs": [...], "method", "layers"}}``
+                                          optional ``"replace": true``
+- ``DELETE /v1/steering/vectors/{name}``
+- ``GET    /v1/steering/default``, ``POST /v1/steering/default``
+                                          ``{"vector", "scale", "layers"}`` or ``{"enabled": false}``
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import secrets
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from plasticity.steering import config as steering_config
+from plasticity.steering.files import load_vector_file
+from plasticity.steering.spec import SteeringError
+
+from .catalogue import Catalogue, directions_from_values
+from .middleware import SteeringMiddleware
+
+log = logging.getLogger("vllm.plasticity.steering")  # under vllm.* so vLLM's handlers print it
+
+
+def _err(msg: str, code: int) -> JSONResponse:
+    return JSONResponse({"error": {"message": msg, "type": "BadRequestError" if code == 400 else "Error", "code": code}},
+                        status_code=code)
+
+
+class PlasticityEndpoints:
+    name = "plasticity_http"
+    required_tasks = ("generate",)
+
+    def __init__(self):
+        self.catalogue: Catalogue | None = None
+        self.cfg = steering_config.load()
+        self.tokens: list[bytes] = []
+        self.model_path: str | None = None
+        self._hf = None  # transformers copy for on-the-spot extraction, loaded on first use
+
+    # ---- auth ----
+    def _guard(self, request: Request) -> JSONResponse | None:
+        if not self.cfg.admin:
+            return _err("steering admin routes are disabled; set [steering] admin = true in the plasticity config", 403)
+        if self.tokens:
+            scheme, _, tok = request.headers.get("authorization", "").partition(" ")
+            h = hashlib.sha256(tok.encode()).digest()
+            if scheme.lower() != "bearer" or not any(secrets.compare_digest(h, t) for t in self.tokens):
+                return _err("steering admin routes need the server's API key (Authorization: Bearer ...)", 401)
+        if self.catalogue is None:
+            return _err("steering is not initialised (no engine)", 503)
+        return None
+
+    def attach_router(self, app: FastAPI) -> None:
+        r = APIRouter()
+        plugin = self
+
+        @r.get("/v1/steering/vectors")
+        async def list_vectors():
+            if plugin.catalogue is None:
+                return _err("steering is not initialised (no engine)", 503)
+            c = plugin.catalogue
+            return {"hidden_size": c.hidden, "num_layers": c.num_layers,
+                    "vectors": [e.to_json() for e in c.entries.values()]}
+
+        @r.post("/v1/steering/vectors")
+        async def add_vector(request: Request):
+            if (g := plugin._guard(request)) is not None:
+                return g
+            try:
+                body = await request.json()
+            except ValueError:
+                return _err("body must be JSON", 400)
+            if not isinstance(body, dict):
+                return _err("body must be a JSON object", 400)
+            c = plugin.catalogue
+            try:
+                name, replace = body.get("name"), body.get("replace", False)
+                if not isinstance(replace, bool):
+                    raise SteeringError("'replace' must be true or false")
+                sources = [k for k in ("path", "values", "extract") if k in body]
+                if len(sources) != 1:
+                    raise SteeringError("give exactly one of 'path', 'values', 'extract'")
+                async with c.lock:
+                    if "path" in body:
+                        p = c.safe_path(body["path"])
+                        dirs, _ = await asyncio.to_thread(load_vector_file, p)
+                        source = f"file:{p.name}"
+                    elif "values" in body:
+                        dirs, source = directions_from_values(body["values"]), "inline"
+                    else:
+                        dirs, source = await plugin._extract(body["extract"]), "extract"
+                    e = await c.add(name, dirs, source, replace=replace)
+            except SteeringError as ex:
+                return _err(str(ex), 400)
+            return e.to_json()
+
+        @r.delete("/v1/steering/vectors/{name}")
+        async def delete_vector(name: str, request: Request):
+            if (g := plugin._guard(request)) is not None:
+                return g
+            c = plugin.catalogue
+            async with c.lock:
+                try:
+                    await c.remove(name)
+                except KeyError:
+                    return _err(f"no steering vector named {name!r}", 404)
+                except SteeringError as ex:
+                    return _err(str(ex), 409)
+            return {"deleted": name}
+
+        @r.get("/v1/steering/default")
+        async def get_default():
+            c = plugin.catalogue
+            d = c.default if c else None
+            return {"enabled": d is not None, **(d.to_xargs() if d else {})}
+
+        @r.post("/v1/steering/default")
+        async def set_default(request: Request):
+            if (g := plugin._guard(request)) is not None:
+                return g
+            try:
+                body = await request.json()
+            except ValueError:
+                return _err("body must be JSON", 400)
+            c = plugin.catalogue
+            try:
+                if not isinstance(body, dict):
+                    raise SteeringError("body must be a JSON object")
+                async with c.lock:
+                    c.default = c.spec_from_default(body)
+            except SteeringError as ex:
+                return _err(str(ex), 400)
+            d = c.default
+            return {"enabled": d is not None, **(d.to_xargs() if d else {})}
+
+        app.include_router(r)
+        app.add_middleware(SteeringMiddleware, get_catalogue=lambda: plugin.catalogue)
+
+    async def _extract(self, spec) -> dict:
+        from plasticity.steering import extract as ex
+
+        if not isinstance(spec, dict):
+            raise SteeringError("'extract' must be an object {pairs, method, layers}")
+        pairs = ex.check_pairs(spec.get("pairs"))
+        method = spec.get("method", "pca_diff")
+        if method not in ex.METHODS:
+            raise SteeringError(f"method must be one of {list(ex.METHODS)}")
+        layers = spec.get("layers")
+        layers = ex.parse_layers(None if layers is None else str(layers).strip("[] ").replace(" ", ""),
+                                 self.catalogue.num_layers)
+
+        def run():
+            # Same weights as the served model, loaded by transformers in this
+            # process (the engine's tensors are not reachable from here).
+            if self._hf is None:
+                self._hf = ex.load_model(self.model_path)
+            model, tok = self._hf
+            return ex.extract(model, tok, pairs, method=method, layers=layers)
+
+        return await asyncio.to_thread(run)
+
+    async def init_state(self, engine_client, state, args) -> None:
+        if engine_client is None:
+            return
+        keys = [k for k in (getattr(args, "api_key", None) or [os.environ.get("VLLM_API_KEY")]) if k]
+        self.tokens = [hashlib.sha256(k.encode()).digest() for k in keys]
+        self.model_path = getattr(args, "model", None)
+        results = await engine_client.collective_rpc("plasticity_info")
+        info = results[0]
+        if not info.get("ok"):
+            raise RuntimeError(f"plasticity: worker steering state unavailable: {info.get('error')}")
+        cat = Catalogue(engine_client, self.cfg, info)
+        await cat.load_folder()
+        cat.default = cat.spec_from_default(self.cfg.default)
+        self.catalogue = cat
+        state.plasticity_steering = cat
+        log.info("plasticity: steering ready (%d vectors, default %s, admin %s)", len(cat.entries),
+                 cat.default.to_xargs() if cat.default else None, "on" if self.cfg.admin else "off")

@@ -1,0 +1,133 @@
+"""Shared pytest fixtures.
+
+vLLM servers are expensive (1-2 min start-up on CPU) and this is a 2-core box,
+so a single session-wide manager keeps at most one server alive: asking for
+another model stops the current one first.  Tests that need a server should
+group by model (the parametrized ``vllm_server`` fixture does) so each model's
+server starts only once per session.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from models import model_dir
+
+# The CPU backend's Gated DeltaNet kernels assert BF16 ("CPU GDN attention
+# requires BF16."), so the hybrid is served in bfloat16; the plain Qwen3 in float32.
+VLLM_DTYPES = {"qwen3-tiny": "float32", "qwen3_5-tiny": "bfloat16"}
+
+
+class VLLMServers:
+    def __init__(self, log_dir):
+        self.log_dir = log_dir
+        self.current = None  # (key, VLLMServer)
+
+    def get(self, name: str, dtype: str | None = None, extra_args: tuple[str, ...] = ()):
+        from vllm_server import VLLMServer
+
+        dtype = dtype or VLLM_DTYPES.get(name, "float32")
+        key = (name, dtype, tuple(extra_args))
+        if self.current and self.current[0] == key:
+            return self.current[1]
+        self.close()
+        srv = VLLMServer(model_dir(name), dtype=dtype, extra_args=extra_args,
+                         log_path=self.log_dir / f"vllm-{name}-{dtype}.log")
+        srv.start()
+        print(f"\nvLLM {name} ({dtype}) healthy after {srv.startup_seconds:.0f} s, log {srv.log_path}")
+        self.current = (key, srv)
+        return srv
+
+    def close(self):
+        if self.current:
+            self.current[1].stop()
+            self.current = None
+
+
+@pytest.fixture(scope="session")
+def vllm_servers(tmp_path_factory):
+    """Factory: ``vllm_servers.get("qwen3-tiny")`` -> running VLLMServer (one at a time)."""
+    pytest.importorskip("vllm")
+    mgr = VLLMServers(tmp_path_factory.mktemp("vllm-logs"))
+    yield mgr
+    mgr.close()
+
+
+@pytest.fixture(scope="session", params=["qwen3-tiny", "qwen3_5-tiny"])
+def vllm_server(request, vllm_servers):
+    """One server per test model for the whole session (pytest groups tests by param)."""
+    return request.param, vllm_servers.get(request.param)
+
+
+# ---- plasticity steering fixtures (steering work; additions only, keep as one block) ----
+# The steering server runs through the shared one-at-a-time manager above: it
+# stops whatever server is up, and a later `vllm_servers.get(...)` stops it.
+
+
+def _steering_server(vllm_servers, tmp_path_factory, key, env, extra_args=(), dtype="float32"):
+    from vllm_server import VLLMServer
+
+    if vllm_servers.current and vllm_servers.current[0] == key:
+        return vllm_servers.current[1]
+    vllm_servers.close()
+    log = tmp_path_factory.mktemp("steer-logs") / f"{key[0]}.log"
+    srv = VLLMServer(model_dir("qwen3-tiny"), dtype=dtype, extra_args=extra_args, env=env, log_path=log)
+    srv.start()
+    print(f"\nvLLM {key[0]} healthy after {srv.startup_seconds:.0f} s, log {srv.log_path}")
+    vllm_servers.current = (key, srv)
+    return srv
+
+
+@pytest.fixture(scope="session")
+def steering_files(tmp_path_factory):
+    """A plasticity.toml with admin on, and a vectors folder with two files."""
+    import steering_support as ss
+    from plasticity.steering.files import save_gguf, save_safetensors
+
+    root = tmp_path_factory.mktemp("steering")
+    vecs = root / "vectors"
+    vecs.mkdir()
+    save_safetensors(vecs / "alpha.safetensors", ss.unit_vectors(1, [1, 2], norm=400.0), "qwen3")
+    save_gguf(vecs / "beta.gguf", ss.unit_vectors(2, [1, 2, 3], norm=400.0), "qwen3")
+    (root / "outside.gguf").write_bytes((vecs / "beta.gguf").read_bytes())
+    cfg = root / "plasticity.toml"
+    cfg.write_text('[steering]\nadmin = true\nvectors_dir = "vectors"\nmax_abs_scale = 100.0\n')
+    return {"root": root, "vectors": vecs, "config": cfg}
+
+
+@pytest.fixture(scope="session")
+def plain_baseline(vllm_servers, tmp_path_factory):
+    """Greedy outputs of vLLM *without* the plugin for steering_support.PROMPTS (compiled mode)."""
+    import steering_support as ss
+
+    pytest.importorskip("vllm")
+    srv = _steering_server(vllm_servers, tmp_path_factory, ("plain-no-plugin",), ss.plain_env())
+    ref = ss.HFReference(model_dir("qwen3-tiny"))
+    out = {p: ss.complete(srv, ref.ids(p), n=16, key=None) for p in ss.PROMPTS}
+    vllm_servers.close()
+    return out
+
+
+@pytest.fixture(scope="session")
+def hf_ref():
+    import steering_support as ss
+
+    return ss.HFReference(model_dir("qwen3-tiny"))
+
+
+@pytest.fixture(scope="session")
+def steer_server(vllm_servers, tmp_path_factory, steering_files, plain_baseline):
+    """qwen3-tiny, float32, vLLM's default compiled mode, plugin + admin + API key."""
+    import steering_support as ss
+
+    return _steering_server(vllm_servers, tmp_path_factory, ("steer-compiled",),
+                            ss.plugin_env(steering_files["config"]), extra_args=("--api-key", ss.API_KEY))
+
+
+@pytest.fixture(scope="session")
+def steer_server_eager(vllm_servers, tmp_path_factory, steering_files):
+    import steering_support as ss
+
+    return _steering_server(vllm_servers, tmp_path_factory, ("steer-eager",), ss.plugin_env(steering_files["config"]),
+                            extra_args=("--api-key", ss.API_KEY, "--enforce-eager"))
+# ---- end of plasticity steering fixtures ----
