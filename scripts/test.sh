@@ -3,6 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# Side venvs with the reference tools (upstream gguf, repeng) for the interop tests.
+bash scripts/setup_steering_interop.sh
 echo "== cargo test --workspace"
 cargo test --workspace --release
 echo "== pytest"
