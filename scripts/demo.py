@@ -5,9 +5,9 @@
    class of prompts) with plasticity.Apollo in fused mode, context-frozen
    style (loss on the reply tokens only), and show the loss, the behaviour and
    the held-out perplexity before/after.
-2. Serving: start the real vLLM OpenAI server with the plasticity plugin,
-   register a steering vector, and send the same request with and without
-   steering (per-request flag), showing both answers.
+2. Serving: `plasticity serve` (the real vLLM OpenAI server with the
+   plasticity plugins), register a steering vector over the admin route, and
+   send the same request with and without the per-request steering flag.
 
 Run through `bash scripts/demo.sh` (which sets everything up first).
 """
@@ -111,18 +111,71 @@ def part1_apollo() -> None:
           "forgetting guard and the eval suite)")
 
 
-def part2_serving() -> None:
-    print("\n== 2. vLLM serving the same model (real OpenAI-compatible HTTP server)")
-    from vllm_server import VLLMServer
+class PlasticityServer:
+    """`plasticity serve` (vllm serve + our plugins) as a subprocess; see tests/vllm_server.py."""
 
-    with VLLMServer(model_dir("qwen3-tiny"), dtype="float32") as srv:
-        print(f"vLLM healthy after {srv.startup_seconds:.0f} s at {srv.url}")
-        out = srv.post("/v1/completions", {"model": srv.served_model(), "prompt": "The for statement",
-                                           "max_tokens": 24, "temperature": 0})
-        print(f"completion: {out['choices'][0]['text']!r}")
-        out = srv.post("/v1/chat/completions", {"model": srv.served_model(), "max_tokens": 24, "temperature": 0,
-                                                "messages": [{"role": "user", "content": "What is a generator?"}]})
-        print(f"chat: {out['choices'][0]['message']['content']!r}")
+    def __new__(cls, model, config, api_key):
+        from vllm_server import VLLMServer
+
+        class _Srv(VLLMServer):
+            def command(self):
+                return [str(ROOT / ".venv/bin/plasticity"), "serve", self.model, "--config", str(config),
+                        "--dtype", self.dtype, "--gpu-memory-utilization", "0.2", "--max-model-len", "1024",
+                        "--host", "127.0.0.1", "--port", str(self.port), "--api-key", api_key]
+
+        return _Srv(model, dtype="float32")
+
+
+def part2_serving() -> None:
+    import tempfile
+    import urllib.request
+
+    import transformers
+
+    print("\n== 2. plasticity serve: vLLM with the plugin, steering toggled per request")
+    d = model_dir("qwen3-tiny")
+    work = pathlib.Path(tempfile.mkdtemp(prefix="plasticity-demo-"))
+    (work / "vectors").mkdir()
+    cfg = work / "plasticity.toml"
+    cfg.write_text('[steering]\nadmin = true\nvectors_dir = "vectors"\n')
+    key = "demo-key"
+
+    # A vector anyone can see working: the direction of the output embedding of
+    # one word, added after the last two blocks, pushes the model to say it.
+    tok = transformers.AutoTokenizer.from_pretrained(d)
+    model = transformers.AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
+    word = " function"
+    wid = tok(word)["input_ids"][0]
+    direction = model.lm_head.weight[wid].detach()
+    direction = (direction / direction.norm()).tolist()
+    del model
+
+    def call(srv, path, body, method="POST"):
+        req = urllib.request.Request(srv.url + path, data=None if body is None else json.dumps(body).encode(),
+                                     method=method, headers={"Content-Type": "application/json",
+                                                             "Authorization": f"Bearer {key}"})
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return json.loads(r.read())
+
+    with PlasticityServer(d, cfg, key) as srv:
+        print(f"plasticity serve healthy after {srv.startup_seconds:.0f} s at {srv.url}")
+        name = call(srv, "/v1/models", None, "GET")["data"][0]["id"]  # /v1 is behind the API key
+        out = call(srv, "/v1/steering/vectors", {"name": "say-function",
+                                                 "values": {"2": direction, "3": direction}})
+        print(f"registered: {out}")
+        print(f"vectors: {call(srv, '/v1/steering/vectors', None, 'GET')}")
+        prompt = "The for statement"
+        base = {"model": name, "prompt": prompt, "max_tokens": 16, "temperature": 0}
+        plain = call(srv, "/v1/completions", base)["choices"][0]["text"]
+        steered = call(srv, "/v1/completions", dict(base, vllm_xargs={"steer": "say-function", "steer_scale": 300}))
+        print(f"unsteered: {prompt!r} -> {plain!r}")
+        print(f"steered  : {prompt!r} -> {steered['choices'][0]['text']!r}   (vllm_xargs steer=say-function, scale 300: the residual norm of this model is ~300)")
+        again = call(srv, "/v1/completions", base)["choices"][0]["text"]
+        print(f"unsteered again (nothing leaked): {again == plain}")
+        chat = call(srv, "/v1/chat/completions", {"model": name, "max_tokens": 16, "temperature": 0,
+                                                  "messages": [{"role": "user", "content": "What is a generator?"}],
+                                                  "vllm_xargs": {"steer": "say-function", "steer_scale": 300}})
+        print(f"steered chat: {chat['choices'][0]['message']['content']!r}")
 
 
 def main() -> int:
