@@ -64,14 +64,14 @@ def vllm_server(request, vllm_servers):
 # stops whatever server is up, and a later `vllm_servers.get(...)` stops it.
 
 
-def _steering_server(vllm_servers, tmp_path_factory, key, env, extra_args=(), dtype="float32"):
+def _steering_server(vllm_servers, tmp_path_factory, key, env, extra_args=(), dtype="float32", model="qwen3-tiny"):
     from vllm_server import VLLMServer
 
     if vllm_servers.current and vllm_servers.current[0] == key:
         return vllm_servers.current[1]
     vllm_servers.close()
     log = tmp_path_factory.mktemp("steer-logs") / f"{key[0]}.log"
-    srv = VLLMServer(model_dir("qwen3-tiny"), dtype=dtype, extra_args=extra_args, env=env, log_path=log)
+    srv = VLLMServer(model_dir(model), dtype=dtype, extra_args=extra_args, env=env, log_path=log)
     srv.start()
     print(f"\nvLLM {key[0]} healthy after {srv.startup_seconds:.0f} s, log {srv.log_path}")
     vllm_servers.current = (key, srv)
