@@ -53,10 +53,36 @@ def vllm_servers(tmp_path_factory):
     mgr.close()
 
 
-@pytest.fixture(scope="session", params=["qwen3-tiny", "qwen3_5-tiny"])
+@pytest.fixture(params=["qwen3-tiny", "qwen3_5-tiny"])
 def vllm_server(request, vllm_servers):
-    """One server per test model for the whole session (pytest groups tests by param)."""
+    """The server of one test model; started only when it is not the current one."""
     return request.param, vllm_servers.get(request.param)
+
+
+# Server fixtures are function-scoped on purpose: a session-scoped one would
+# hand out a server that another fixture has since stopped (only one runs at a
+# time). Each returns the running server when it is already the current one,
+# and tests are ordered below so each server starts as few times as possible.
+def _server_group(item) -> tuple:
+    names = set(getattr(item, "fixturenames", ()))
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    if names & {"plain_baseline", "steer_server"}:
+        return (1, "")
+    if "steer_server_eager" in names:
+        return (2, "")
+    if item.module.__name__.endswith("test_steering_bf16"):
+        return (3, str(params.get("name", "")))
+    if "vllm_server" in names:
+        return (4, str(params.get("vllm_server", "")))
+    if "train_server" in names:
+        return (5, "")
+    if "vllm_servers" in names:
+        return (6, item.module.__name__)
+    return (0, "")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    items.sort(key=_server_group)  # stable: file order is kept inside a group
 
 
 # ---- plasticity steering fixtures (steering work; additions only, keep as one block) ----
@@ -115,7 +141,7 @@ def hf_ref():
     return ss.HFReference(model_dir("qwen3-tiny"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def steer_server(vllm_servers, tmp_path_factory, steering_files, plain_baseline):
     """qwen3-tiny, float32, vLLM's default compiled mode, plugin + admin + API key."""
     import steering_support as ss
@@ -124,7 +150,7 @@ def steer_server(vllm_servers, tmp_path_factory, steering_files, plain_baseline)
                             ss.plugin_env(steering_files["config"]), extra_args=("--api-key", ss.API_KEY))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def steer_server_eager(vllm_servers, tmp_path_factory, steering_files):
     import steering_support as ss
 
