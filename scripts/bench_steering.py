@@ -7,7 +7,9 @@ Starts ONE vLLM CPU server (default compiled mode, float32) with the plasticity
 plugins and a random vector on every layer, then runs interleaved rounds of
 three workloads with the same prompts and concurrency:
   off  — no request steered;  half — every other request steered;  all — every request steered.
-Reports the median generated tokens/s of each and the overhead vs off.
+Reports the median generated tokens/s of each and the overhead vs off; unless
+--no-vanilla, it first runs the same workload on vLLM *without* the plugin
+(another server) and reports every mode's overhead against that too.
 Outputs JSON to --out (default bench-out/steering.json).
 """
 
@@ -41,6 +43,8 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=str(ROOT / "bench-out/steering.json"))
+    ap.add_argument("--no-vanilla", action="store_true",
+                    help="skip the reference run of vLLM without the plugin (saves one server start)")
     args = ap.parse_args()
 
     cfgdir = Path(tempfile.mkdtemp(prefix="bench-steer-"))
@@ -51,10 +55,6 @@ def main() -> int:
     save_gguf(cfgdir / "vectors" / "bench.gguf",
               {l: (rng.standard_normal(h) * 0.05).astype(np.float32) for l in range(nl)}, "bench")
     (cfgdir / "plasticity.toml").write_text('[steering]\nvectors_dir = "vectors"\n')
-    srv = VLLMServer(args.model, dtype=args.dtype, env=ss.plugin_env(cfgdir / "plasticity.toml"),
-                     log_path=cfgdir / "server.log")
-    srv.start()
-    print(f"server up in {srv.startup_seconds:.0f} s (log {srv.log_path})", flush=True)
     prompts = [f"Request {i}: " + ss.PROMPTS[i % len(ss.PROMPTS)] for i in range(args.requests)]
 
     def one(i, steer):
@@ -74,11 +74,30 @@ def main() -> int:
             n = sum(pool.map(lambda i: one(i, steer(i)), range(args.requests)))
         return n / (time.perf_counter() - t0)
 
+    res: dict[str, list[float]] = {}
+    if not args.no_vanilla:
+        # Reference: the same workload on vLLM without the plugin (a separate
+        # server, so these rounds cannot interleave with the others).
+        srv = VLLMServer(args.model, dtype=args.dtype, env=ss.plain_env(), log_path=cfgdir / "vanilla.log")
+        srv.start()
+        try:
+            workload("off")  # warm-up
+            res["vanilla"] = []
+            for r in range(args.rounds):
+                res["vanilla"].append(workload("off"))
+                print(f"round {r} vanilla {res['vanilla'][-1]:8.1f} tok/s", flush=True)
+        finally:
+            srv.stop()
+    srv = VLLMServer(args.model, dtype=args.dtype, env=ss.plugin_env(cfgdir / "plasticity.toml"),
+                     log_path=cfgdir / "server.log")
+    srv.start()
+    print(f"server up in {srv.startup_seconds:.0f} s (log {srv.log_path})", flush=True)
     try:
         workload("off")  # warm-up
-        res = {m: [] for m in ("off", "half", "all")}
+        for m in ("off", "half", "all"):
+            res[m] = []
         for r in range(args.rounds):
-            for m in res:
+            for m in ("off", "half", "all"):
                 res[m].append(workload(m))
                 print(f"round {r} {m:4s} {res[m][-1]:8.1f} tok/s", flush=True)
     finally:
@@ -87,9 +106,12 @@ def main() -> int:
     report = {"model": args.model, "dtype": args.dtype, "requests": args.requests, "concurrency": args.concurrency,
               "max_tokens": args.tokens, "rounds": args.rounds, "tok_per_s": res, "median": med,
               "overhead_pct": {m: 100 * (1 - med[m] / med["off"]) for m in ("half", "all")}}
+    if "vanilla" in med:
+        report["overhead_vs_vanilla_pct"] = {m: 100 * (1 - med[m] / med["vanilla"]) for m in ("off", "half", "all")}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
-    print(json.dumps({"median_tok_per_s": med, "overhead_pct": report["overhead_pct"]}, indent=2))
+    print(json.dumps({"median_tok_per_s": med, "overhead_pct": report["overhead_pct"],
+                      "overhead_vs_vanilla_pct": report.get("overhead_vs_vanilla_pct")}, indent=2))
     return 0
 
 
