@@ -157,3 +157,29 @@ def steer_server_eager(vllm_servers, tmp_path_factory, steering_files):
     return _steering_server(vllm_servers, tmp_path_factory, ("steer-eager",), ss.plugin_env(steering_files["config"]),
                             extra_args=("--api-key", ss.API_KEY, "--enforce-eager"))
 # ---- end of plasticity steering fixtures ----
+
+
+# ---- plasticity online-training fixtures (training work; additions only, keep as one block) ----
+
+
+@pytest.fixture(scope="session")
+def train_root(tmp_path_factory):
+    """Config, journal and checkpoints of the training test server (one per session)."""
+    import training_support as ts
+
+    root = tmp_path_factory.mktemp("training")
+    return root, ts.write_config(root)
+
+
+@pytest.fixture
+def train_server(vllm_servers, tmp_path_factory, train_root):
+    """qwen3-tiny, float32, compiled mode, plugin + [training] enabled + API key + dev mode (self-check RPCs)."""
+    import training_support as ts
+
+    root, cfg = train_root
+    env = {**ts.plugin_env(cfg), "VLLM_SERVER_DEV_MODE": "1"}
+    srv = _steering_server(vllm_servers, tmp_path_factory, ("train-qwen3",), env, extra_args=("--api-key", ts.API_KEY))
+    srv.served_model_name = srv.model
+    srv.train_root = root
+    return srv
+# ---- end of plasticity online-training fixtures ----

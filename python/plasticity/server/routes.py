@@ -30,6 +30,7 @@ from plasticity.steering.spec import SteeringError
 
 from .catalogue import Catalogue, directions_from_values
 from .middleware import SteeringMiddleware
+from .training_routes import TrainingRoutes
 
 log = logging.getLogger("vllm.plasticity.steering")  # under vllm.* so vLLM's handlers print it
 
@@ -49,6 +50,7 @@ class PlasticityEndpoints:
         self.tokens: list[bytes] = []
         self.model_path: str | None = None
         self._hf = None  # transformers copy for on-the-spot extraction, loaded on first use
+        self.training = TrainingRoutes()  # /v1/training/* (off unless [training] enabled)
 
     # ---- auth ----
     def _guard(self, request: Request) -> JSONResponse | None:
@@ -146,6 +148,7 @@ class PlasticityEndpoints:
             d = c.default
             return {"enabled": d is not None, **(d.to_xargs() if d else {})}
 
+        plugin.training.attach(r)
         app.include_router(r)
         app.add_middleware(SteeringMiddleware, get_catalogue=lambda: plugin.catalogue)
 
@@ -178,6 +181,7 @@ class PlasticityEndpoints:
         keys = [k for k in (getattr(args, "api_key", None) or [os.environ.get("VLLM_API_KEY")]) if k]
         self.tokens = [hashlib.sha256(k.encode()).digest() for k in keys]
         self.model_path = getattr(args, "model", None)
+        await self.training.init_state(engine_client, args, self.tokens)
         results = await engine_client.collective_rpc("plasticity_info")
         info = results[0]
         if not info.get("ok"):

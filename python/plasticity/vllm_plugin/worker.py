@@ -81,3 +81,6 @@ def install() -> None:
     Worker.plasticity_delete_vector = _rpc(_delete)
     runner_v1.install()
     runner_v2.install()
+    from . import training  # online training: only when [training] enabled
+
+    training.install()

@@ -5,6 +5,7 @@
 //! `python/plasticity/`.
 
 mod apollo;
+mod queue;
 mod steering;
 mod tensor;
 
@@ -19,5 +20,6 @@ fn _plasticity(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(apollo::fill_projection, m)?)?;
     m.add_function(wrap_pyfunction!(apollo::bf16_projection_available, m)?)?;
     m.add_function(wrap_pyfunction!(steering::steering_add_, m)?)?;
+    m.add_class::<queue::TrainQueue>()?;
     Ok(())
 }

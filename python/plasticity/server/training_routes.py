@@ -1,0 +1,198 @@
+"""HTTP side of online training (API-server process).
+
+- ``POST /v1/training/examples``  JSON (one example, a list, or ``{"examples": [...]}``) or JSONL
+  (``Content-Type: application/jsonl`` / ``application/x-ndjson``, one example per line).
+  Example: ``{"context": "raw text" | [{"role", "content"}...], "decision": "text to learn"}``
+  (``"messages"`` is an alias of a list context; ``"eos": false`` does not append the end token).
+  All examples of a request are validated first (UTF-8, JSON, non-empty decision, token limits);
+  any bad one → 400/413 and nothing is stored. Accepted ones are appended to the journal and
+  fsync'd, then queued in the worker(s); the reply is 202 ``{"ids": [...]}``.
+- ``GET  /v1/training/status``      step, loss, queued/done, tokens/s, held-out perplexity
+- ``POST /v1/training/pause``, ``POST /v1/training/resume``
+
+All routes answer 404 unless ``[training] enabled = true`` and need the server's
+API key when one is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import secrets
+import time
+import uuid
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from plasticity.training import config as training_config
+from plasticity.training.core import Journal
+
+MAX_BODY = 16 << 20
+
+
+def _err(msg: str, code: int) -> JSONResponse:
+    return JSONResponse({"error": {"message": msg, "type": "BadRequestError" if code == 400 else "Error",
+                                   "code": code}}, status_code=code)
+
+
+class ExampleError(ValueError):
+    def __init__(self, msg, code=400):
+        super().__init__(msg)
+        self.code = code
+
+
+class TrainingRoutes:
+    def __init__(self):
+        self.cfg = training_config.load()
+        self.tokens: list[bytes] = []
+        self.engine = None
+        self.tok = None
+        self.journal = Journal(self.cfg.journal) if (self.cfg.enabled and self.cfg.journal) else None
+        self.accepted = 0
+        self.lock = asyncio.Lock()
+
+    def _guard(self, request: Request) -> JSONResponse | None:
+        if not self.cfg.enabled:
+            return _err("online training is disabled; set [training] enabled = true in the plasticity config", 404)
+        if self.tokens:
+            scheme, _, tok = request.headers.get("authorization", "").partition(" ")
+            h = hashlib.sha256(tok.encode()).digest()
+            if scheme.lower() != "bearer" or not any(secrets.compare_digest(h, t) for t in self.tokens):
+                return _err("training routes need the server's API key (Authorization: Bearer ...)", 401)
+        if self.engine is None or self.tok is None:
+            return _err("training is not initialised (no engine)", 503)
+        return None
+
+    # ---- parsing + validation (pure; raises ExampleError) ----
+    @staticmethod
+    def parse_body(raw: bytes, content_type: str) -> list:
+        if len(raw) > MAX_BODY:
+            raise ExampleError(f"body larger than {MAX_BODY} bytes", 413)
+        try:
+            text = raw.decode("utf-8", errors="strict")
+        except UnicodeDecodeError as e:
+            raise ExampleError(f"body is not valid UTF-8 (byte {e.start})")
+        ct = content_type.split(";")[0].strip().lower()
+        if ct in ("application/jsonl", "application/x-ndjson", "application/x-jsonlines", "application/ndjson"):
+            items = []
+            for i, line in enumerate(text.splitlines()):
+                if not line.strip():
+                    continue
+                try:
+                    items.append(json.loads(line))
+                except ValueError as e:
+                    raise ExampleError(f"line {i + 1}: invalid JSON ({e})")
+        else:
+            try:
+                doc = json.loads(text)
+            except ValueError as e:
+                raise ExampleError(f"body must be JSON or JSONL (Content-Type: application/jsonl): {e}")
+            items = doc.get("examples") if isinstance(doc, dict) and "examples" in doc else doc
+            if isinstance(items, dict):
+                items = [items]
+        if not isinstance(items, list) or not items:
+            raise ExampleError("no examples: send an object, a list, {\"examples\": [...]}, or JSONL")
+        return items
+
+    def tokenize(self, i: int, ex) -> dict:
+        cfg, tok = self.cfg, self.tok
+        if not isinstance(ex, dict):
+            raise ExampleError(f"example {i}: must be an object with 'context' and 'decision'")
+        unknown = set(ex) - {"context", "messages", "decision", "eos", "id"}
+        if unknown:
+            raise ExampleError(f"example {i}: unknown fields {sorted(unknown)}")
+        ctx = ex.get("messages", ex.get("context"))
+        dec = ex.get("decision")
+        if not isinstance(dec, str) or not dec.strip():
+            raise ExampleError(f"example {i}: 'decision' must be a non-empty string")
+        if isinstance(ctx, str):
+            if not ctx:
+                raise ExampleError(f"example {i}: 'context' is empty")
+            ctx_ids = tok(ctx, add_special_tokens=False)["input_ids"]
+        elif isinstance(ctx, list) and ctx:
+            for m in ctx:
+                if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+                    raise ExampleError(f"example {i}: chat messages must be objects with string 'role' and 'content'")
+            try:
+                ctx_ids = tok.apply_chat_template(ctx, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+            except Exception as e:  # noqa: BLE001 - template errors are the caller's
+                raise ExampleError(f"example {i}: chat template failed: {e}")
+        else:
+            raise ExampleError(f"example {i}: 'context' must be a non-empty string or a list of chat messages")
+        eos = ex.get("eos", True)
+        if not isinstance(eos, bool):
+            raise ExampleError(f"example {i}: 'eos' must be true or false")
+        dec_ids = tok(dec, add_special_tokens=False)["input_ids"]
+        if eos and tok.eos_token_id is not None:
+            dec_ids = dec_ids + [int(tok.eos_token_id)]
+        if not dec_ids or not ctx_ids:
+            raise ExampleError(f"example {i}: context and decision must each produce at least one token")
+        if len(dec_ids) > cfg.max_decision_tokens:
+            raise ExampleError(f"example {i}: decision has {len(dec_ids)} tokens, more than "
+                               f"max_decision_tokens = {cfg.max_decision_tokens}", 413)
+        if len(ctx_ids) + len(dec_ids) > cfg.max_example_tokens:
+            raise ExampleError(f"example {i}: {len(ctx_ids) + len(dec_ids)} tokens, more than "
+                               f"max_example_tokens = {cfg.max_example_tokens}", 413)
+        return {"id": "ex-" + uuid.uuid4().hex, "context": [int(t) for t in ctx_ids],
+                "decision": [int(t) for t in dec_ids], "t": time.time()}
+
+    def attach(self, r: APIRouter) -> None:
+        plugin = self
+
+        @r.post("/v1/training/examples")
+        async def add_examples(request: Request):
+            if (g := plugin._guard(request)) is not None:
+                return g
+            raw = await request.body()
+            try:
+                items = plugin.parse_body(raw, request.headers.get("content-type", ""))
+                recs = await asyncio.to_thread(lambda: [plugin.tokenize(i, ex) for i, ex in enumerate(items)])
+            except ExampleError as e:
+                return _err(str(e), e.code)
+            async with plugin.lock:
+                await asyncio.to_thread(plugin.journal.append, recs)  # durable before we answer
+                plugin.accepted += len(recs)
+            res = await plugin.engine.collective_rpc("plasticity_train_enqueue", args=(recs,))
+            bad = [x for x in res if not x.get("ok")]
+            full = sorted({i for x in res for i in x.get("queue_full", [])})
+            body = {"ids": [x["id"] for x in recs], "journaled": True}
+            if bad or full:
+                body["warning"] = ("stored in the journal but not queued now (will be trained after a restart): "
+                                   + (bad[0].get("error", "") if bad else f"queue full for {len(full)}"))
+            return JSONResponse(body, status_code=202)
+
+        @r.get("/v1/training/status")
+        async def status(request: Request):
+            if (g := plugin._guard(request)) is not None:
+                return g
+            res = await plugin.engine.collective_rpc("plasticity_train_status")
+            st = dict(res[0])
+            st.pop("ok", None)
+            st["examples_accepted_since_start"] = plugin.accepted
+            if len(res) > 1:
+                st["workers"] = res
+            return st
+
+        for action in ("pause", "resume"):
+            def make(action=action):
+                async def route(request: Request):
+                    if (g := plugin._guard(request)) is not None:
+                        return g
+                    res = await plugin.engine.collective_rpc(f"plasticity_train_{action}")
+                    return {"paused": action == "pause", "ok": all(x.get("ok") for x in res)}
+                return route
+            r.add_api_route(f"/v1/training/{action}", make(), methods=["POST"])
+
+    async def init_state(self, engine_client, args, tokens) -> None:
+        self.tokens = tokens
+        if not self.cfg.enabled or engine_client is None:
+            return
+        from transformers import AutoTokenizer
+
+        self.tok = await asyncio.to_thread(AutoTokenizer.from_pretrained, getattr(args, "tokenizer", None) or args.model)
+        res = await engine_client.collective_rpc("plasticity_train_start")
+        if not all(x.get("ok") for x in res):
+            raise RuntimeError(f"plasticity: training could not start in the worker: {res}")
+        self.engine = engine_client

@@ -1,0 +1,152 @@
+"""The ``[training]`` section of ``plasticity.toml`` (path in ``PLASTICITY_CONFIG``).
+
+```toml
+[training]
+enabled = false            # routes + worker thread off unless true
+lr = 1e-5
+rank = 256                 # Apollo projection rank (1 + scale_type="tensor" = Apollo-Mini)
+scale_type = "channel"
+# alpha = 1.0              # default √(d/r)
+update_proj_gap = 200
+norm_growth_limit = 1.01
+betas = [0.9, 0.999]
+weight_decay = 0.0
+modules = ["all-linear"]   # presets: all-linear, attention, mlp, gdn, gdn-gates, norms, embeddings, all;
+                           # or leaf names such as "q_proj", "A_log", "dt_bias", "in_proj_qkv"
+replay_ratio = 0.25        # fraction of each batch drawn from the replay source
+replay_source = ""         # .jsonl ({"text": ...} per line) or .txt; "" = no replay
+batch_size = 4             # examples per optimizer step (behavioural + replay), one backward
+max_steps = 0              # 0 = unlimited
+max_example_tokens = 2048  # context + decision
+max_decision_tokens = 512
+journal = "training-journal.jsonl"   # accepted examples (fsync'd before the 202)
+checkpoint_dir = ""        # "" = no checkpoints
+checkpoint_every = 0       # steps between checkpoints (0 = never)
+heldout = ""               # text file (.jsonl/.txt) for the held-out perplexity in the status
+eval_every = 0             # steps between held-out evaluations (0 = only on request/at start)
+threads = 1                # torch/Apollo threads of the training thread
+yield_ms = 0.0             # sleep after each step (duty cycle, leaves CPU to serving)
+queue_capacity = 10000
+```
+Relative paths are resolved against the config file's folder.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ENV = "PLASTICITY_CONFIG"
+
+_DEFAULTS = dict(
+    enabled=False, lr=1e-5, rank=256, scale_type="channel", alpha=None, update_proj_gap=200,
+    norm_growth_limit=1.01, betas=(0.9, 0.999), weight_decay=0.0, modules=("all-linear",),
+    replay_ratio=0.25, replay_source=None, batch_size=4, max_steps=0, max_example_tokens=2048,
+    max_decision_tokens=512, journal=None, checkpoint_dir=None, checkpoint_every=0, heldout=None,
+    eval_every=0, threads=1, yield_ms=0.0, queue_capacity=10000, seed=0,
+)
+_PATHS = ("replay_source", "journal", "checkpoint_dir", "heldout")
+
+
+@dataclass
+class TrainingConfig:
+    enabled: bool = False
+    lr: float = 1e-5
+    rank: int = 256
+    scale_type: str = "channel"
+    alpha: float | None = None
+    update_proj_gap: int = 200
+    norm_growth_limit: float | None = 1.01
+    betas: tuple = (0.9, 0.999)
+    weight_decay: float = 0.0
+    modules: tuple = ("all-linear",)
+    replay_ratio: float = 0.25
+    replay_source: Path | None = None
+    batch_size: int = 4
+    max_steps: int = 0
+    max_example_tokens: int = 2048
+    max_decision_tokens: int = 512
+    journal: Path | None = None
+    checkpoint_dir: Path | None = None
+    checkpoint_every: int = 0
+    heldout: Path | None = None
+    eval_every: int = 0
+    threads: int = 1
+    yield_ms: float = 0.0
+    queue_capacity: int = 10000
+    seed: int = 0
+    source: Path | None = field(default=None, compare=False)
+
+    @property
+    def done_journal(self) -> Path | None:
+        return None if self.journal is None else self.journal.with_name(self.journal.name + ".done")
+
+
+def from_dict(sec: dict, base: Path | None = None, source: Path | None = None) -> TrainingConfig:
+    where = source or "config"
+    if not isinstance(sec, dict):
+        raise ValueError(f"{where}: [training] must be a table")
+    extra = set(sec) - set(_DEFAULTS)
+    if extra:
+        raise ValueError(f"{where}: unknown [training] keys {sorted(extra)}")
+    v = {**_DEFAULTS, **sec}
+    for k in _PATHS:
+        p = v[k]
+        if p in (None, ""):
+            v[k] = None
+        else:
+            p = Path(str(p)).expanduser()
+            v[k] = (base / p).resolve() if (base is not None and not p.is_absolute()) else p.resolve()
+    if v["journal"] is None and v["enabled"]:
+        v["journal"] = ((base or Path.cwd()) / "training-journal.jsonl").resolve()
+    mods = v["modules"]
+    v["modules"] = (mods,) if isinstance(mods, str) else tuple(str(m) for m in mods)
+    cfg = TrainingConfig(
+        enabled=bool(v["enabled"]), lr=float(v["lr"]), rank=int(v["rank"]), scale_type=str(v["scale_type"]),
+        alpha=None if v["alpha"] is None else float(v["alpha"]), update_proj_gap=int(v["update_proj_gap"]),
+        norm_growth_limit=None if v["norm_growth_limit"] is None else float(v["norm_growth_limit"]),
+        betas=tuple(float(b) for b in v["betas"]), weight_decay=float(v["weight_decay"]), modules=v["modules"],
+        replay_ratio=float(v["replay_ratio"]), replay_source=v["replay_source"], batch_size=int(v["batch_size"]),
+        max_steps=int(v["max_steps"]), max_example_tokens=int(v["max_example_tokens"]),
+        max_decision_tokens=int(v["max_decision_tokens"]), journal=v["journal"], checkpoint_dir=v["checkpoint_dir"],
+        checkpoint_every=int(v["checkpoint_every"]), heldout=v["heldout"], eval_every=int(v["eval_every"]),
+        threads=int(v["threads"]), yield_ms=float(v["yield_ms"]), queue_capacity=int(v["queue_capacity"]),
+        seed=int(v["seed"]), source=source,
+    )
+    _check(cfg, where)
+    return cfg
+
+
+def _check(c: TrainingConfig, where) -> None:
+    def bad(msg):
+        raise ValueError(f"{where}: training.{msg}")
+
+    if not (math.isfinite(c.lr) and c.lr >= 0):
+        bad("lr must be finite and ≥ 0")
+    if c.rank < 1:
+        bad("rank must be ≥ 1")
+    if c.scale_type not in ("channel", "tensor"):
+        bad("scale_type must be 'channel' or 'tensor'")
+    if len(c.betas) != 2 or not all(0 <= b < 1 for b in c.betas):
+        bad("betas must be two numbers in [0, 1)")
+    if not 0 <= c.replay_ratio < 1:
+        bad("replay_ratio must be in [0, 1)")
+    if c.batch_size < 1 or c.max_steps < 0 or c.update_proj_gap < 1:
+        bad("batch_size and update_proj_gap must be ≥ 1, max_steps ≥ 0")
+    if c.max_decision_tokens < 1 or c.max_example_tokens < 2:
+        bad("max_decision_tokens must be ≥ 1 and max_example_tokens ≥ 2")
+    if c.threads < 1 or c.yield_ms < 0 or c.queue_capacity < 1:
+        bad("threads and queue_capacity must be ≥ 1, yield_ms ≥ 0")
+
+
+def load(path: str | os.PathLike | None = None) -> TrainingConfig:
+    path = path or os.environ.get(ENV)
+    if not path:
+        return TrainingConfig()
+    p = Path(path).expanduser().resolve()
+    with open(p, "rb") as f:
+        doc = tomllib.load(f)
+    return from_dict(doc.get("training", {}), base=p.parent, source=p)

@@ -1,0 +1,387 @@
+"""Context-frozen loss, the live Apollo optimizer and the training loop.
+
+Context-frozen (SPEC "Training"): for an example (context c_0..c_{n-1},
+decision d_0..d_{m-1}) the prefix c_0..c_{n-2} runs under ``no_grad`` and
+leaves its keys/values (and, for Gated DeltaNet layers, conv + recurrent
+state) in the cache as constants; then the segment [c_{n-1}, d_0..d_{m-2}]
+runs with autograd over that cache, and its logits predict d_0..d_{m-1}. So
+every decision token's loss (the first one included) gets gradient through
+all layers, and nothing computed from the frozen prefix carries gradient.
+This is exactly the gradient of a full forward in which every activation at
+positions < n-1 is treated as a constant (tests/test_training_frozen.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from plasticity.optim import Apollo
+
+log = logging.getLogger("vllm.plasticity.training")
+
+
+def frozen_context_loss(model, context: list[int], decision: list[int], device="cpu") -> tuple[torch.Tensor, int]:
+    """Mean cross-entropy over the decision tokens, context frozen. Returns (loss, n_tokens)."""
+    if len(context) < 1 or len(decision) < 1:
+        raise ValueError("an example needs ≥ 1 context token and ≥ 1 decision token")
+    past = None
+    if len(context) > 1:
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([context[:-1]], device=device), use_cache=True)
+            past = out.past_key_values
+    if past is not None:
+        _no_inplace_state_updates(past)
+    seg = torch.tensor([[context[-1]] + decision[:-1]], device=device)
+    out = model(input_ids=seg, past_key_values=past, use_cache=past is not None)
+    logits = out.logits[0].float()
+    return F.cross_entropy(logits, torch.tensor(decision, device=device)), len(decision)
+
+
+def _no_inplace_state_updates(cache) -> None:
+    """transformers' linear-attention cache layers copy the new recurrent state
+    *into* the old tensor, which the decision segment's autograd graph saved as
+    the (frozen) initial state; make them rebind instead."""
+    for layer in getattr(cache, "layers", ()):
+        if hasattr(layer, "recurrent_states") and hasattr(layer, "update_recurrent_state"):
+            def upd(recurrent_states, state_idx=0, _layer=layer, **kw):
+                if not _layer.is_recurrent_states_initialized[state_idx]:
+                    _layer.lazy_initialization(recurrent_states=recurrent_states, state_idx=state_idx)
+                _layer.recurrent_states[state_idx] = recurrent_states
+                return recurrent_states
+            layer.update_recurrent_state = upd
+
+
+def full_loss(model, context: list[int], decision: list[int], device="cpu") -> tuple[torch.Tensor, int]:
+    """Full backprop through context and decision (the baseline the bench compares against)."""
+    ids = torch.tensor([context + decision], device=device)
+    logits = model(input_ids=ids).logits[0, len(context) - 1: -1].float()
+    return F.cross_entropy(logits, torch.tensor(decision, device=device)), len(decision)
+
+
+class LiveApollo(Apollo):
+    """Apollo in fused mode, for parameters that are views of served weights.
+
+    Each parameter update is taken under ``lock`` (the serving forward holds
+    the same lock), so a forward never sees a half-written tensor. Once one
+    parameter's gradient is non-finite in a backward, that parameter and every
+    later one in the same backward are skipped (weights bit-identical); the
+    step is reported as skipped."""
+
+    def __init__(self, params, lock: threading.Lock, **kw):
+        self.lock = lock
+        self.poisoned = False
+        self.updated = 0
+        super().__init__(params, fused=True, **kw)
+
+    def _step_param(self, p, group):
+        if self.poisoned:
+            return  # the hook frees the gradient
+        before = self.skipped
+        with self.lock:
+            super()._step_param(p, group)
+        if self.skipped != before:
+            self.poisoned = True
+        else:
+            self.updated += 1
+
+
+def read_texts(path: Path) -> list[str]:
+    text = Path(path).read_text(encoding="utf-8")
+    if str(path).endswith(".jsonl"):
+        return [json.loads(l)["text"] for l in text.splitlines() if l.strip()]
+    return [t for t in text.split("\n<|endoftext|>\n") if t.strip()]
+
+
+class Journal:
+    """Append-only JSONL files, each record fsync'd before ``append`` returns."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+
+    def append(self, records: list[dict]) -> None:
+        data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode()
+        with self._lock:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        out = []
+        for line in self.path.read_bytes().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue  # a torn last line after a crash: that record was never acknowledged
+        return out
+
+
+class Trainer:
+    """The training loop of one worker. ``model`` is the view module; ``queue`` a TrainQueue."""
+
+    def __init__(self, model, trainable: list[str], cfg, queue, lock: threading.Lock, tokenizer=None):
+        self.model, self.cfg, self.queue, self.lock = model, cfg, queue, lock
+        self.tokenizer = tokenizer
+        params = dict(model.named_parameters())
+        self.trainable = trainable
+        self.params = [params[n] for n in trainable]
+        self.opt = LiveApollo(self.params, lock, lr=cfg.lr, rank=cfg.rank, scale_type=cfg.scale_type,
+                              alpha=cfg.alpha, update_proj_gap=cfg.update_proj_gap,
+                              norm_growth_limit=cfg.norm_growth_limit, betas=cfg.betas,
+                              weight_decay=cfg.weight_decay, seed=cfg.seed, threads=cfg.threads)
+        self.done_journal = Journal(cfg.done_journal) if cfg.done_journal else None
+        self.seen: set[str] = set()
+        self.pending: deque = deque()
+        self.rng = random.Random(cfg.seed)
+        self.replay: list[list[int]] = []
+        self.replay_credit = 0.0
+        self.heldout_ids: torch.Tensor | None = None
+        self.paused = threading.Event()
+        self.stop_ev = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.stats = dict(step=0, examples_done=0, replay_used=0, skipped_steps=0, last_loss=None,
+                          loss_ema=None, train_tokens=0, train_seconds=0.0, heldout_ppl=None,
+                          heldout_ppl_initial=None, heldout_step=None, last_error=None, checkpoint_step=None)
+
+    # ---- data ----
+    def load_replay(self, max_chars: int = 200_000) -> None:
+        if not self.cfg.replay_source or self.cfg.replay_ratio <= 0 or self.tokenizer is None:
+            return
+        text = "\n\n".join(read_texts(self.cfg.replay_source))[:max_chars]
+        ids = self.tokenizer(text)["input_ids"]
+        for i in range(0, len(ids) - 128, 128):
+            self.replay.append(ids[i: i + 128])
+        log.info("plasticity: %d replay chunks from %s", len(self.replay), self.cfg.replay_source)
+
+    def load_heldout(self, seq=128, max_tokens=8192) -> None:
+        if not self.cfg.heldout or self.tokenizer is None:
+            return
+        ids = self.tokenizer("\n\n".join(read_texts(self.cfg.heldout)))["input_ids"][:max_tokens]
+        n = (len(ids) // seq) * seq
+        self.heldout_ids = torch.tensor(ids[:n]).view(-1, seq)
+
+    def enqueue(self, examples: list[dict]) -> dict:
+        """Push examples (dicts with id, context, decision) into the queue; duplicates ignored."""
+        accepted, full = [], []
+        for ex in examples:
+            if ex["id"] in self.seen:
+                continue
+            if self.queue.push(ex):
+                self.seen.add(ex["id"])
+                accepted.append(ex["id"])
+            else:
+                full.append(ex["id"])
+        return {"enqueued": accepted, "queue_full": full}
+
+    # ---- evaluation ----
+    @torch.no_grad()
+    def heldout_ppl(self) -> float | None:
+        if self.heldout_ids is None:
+            return None
+        total, count = 0.0, 0
+        for row in self.heldout_ids:
+            logits = self.model(input_ids=row[None]).logits[0, :-1].float()
+            total += F.cross_entropy(logits, row[1:], reduction="sum").item()
+            count += row.numel() - 1
+        return math.exp(total / count)
+
+    def _eval(self) -> None:
+        t0 = time.time()
+        p = self.heldout_ppl()
+        if p is not None:
+            self.stats["heldout_ppl"], self.stats["heldout_step"] = p, self.stats["step"]
+            if self.stats["heldout_ppl_initial"] is None:
+                self.stats["heldout_ppl_initial"] = p
+            log.info("plasticity: held-out perplexity %.3f at step %d (%.1f s)", p, self.stats["step"], time.time() - t0)
+
+    # ---- one optimizer step ----
+    def step(self, batch: list[dict]) -> dict:
+        n_rep = 0
+        if self.replay and self.cfg.replay_ratio > 0:
+            # Keep replay/(replay + behavioural) = replay_ratio over time.
+            self.replay_credit += len(batch) * self.cfg.replay_ratio / (1 - self.cfg.replay_ratio)
+            n_rep = int(self.replay_credit)
+            self.replay_credit -= n_rep
+        items = [(ex["context"], ex["decision"]) for ex in batch]
+        for _ in range(n_rep):
+            c = self.rng.choice(self.replay)
+            items.append((c[:64], c[64:]))
+        t0 = time.time()
+        losses, ntok = [], 0
+        for ctx, dec in items:
+            loss, n = frozen_context_loss(self.model, ctx, dec)
+            losses.append(loss)
+            ntok += n
+        loss = torch.stack(losses).mean()
+        lv = float(loss.detach())
+        self.opt.poisoned = False
+        self.opt.updated = 0
+        skipped = not math.isfinite(lv)
+        if not skipped:
+            loss.backward()  # fused: each parameter steps (under the lock) as its gradient completes
+            skipped = self.opt.poisoned
+        else:
+            del loss, losses
+        for p in self.params:
+            p.grad = None
+        dt = time.time() - t0
+        st = self.stats
+        st["step"] += 1
+        st["replay_used"] += n_rep
+        st["train_tokens"] += ntok
+        st["train_seconds"] += dt
+        if skipped:
+            st["skipped_steps"] += 1
+            log.warning("plasticity: training step %d skipped (non-finite loss or gradient; %d params had "
+                        "already stepped)", st["step"], self.opt.updated)
+        else:
+            st["last_loss"] = lv
+            st["loss_ema"] = lv if st["loss_ema"] is None else 0.9 * st["loss_ema"] + 0.1 * lv
+        return {"loss": lv, "skipped": skipped, "tokens": ntok, "replay": n_rep, "updated_params": self.opt.updated}
+
+    def _finish(self, batch, res) -> None:
+        self.stats["examples_done"] += len(batch)
+        if self.done_journal is not None:
+            self.done_journal.append([{"id": ex["id"], "step": self.stats["step"],
+                                       "status": "skipped" if res["skipped"] else "trained"} for ex in batch])
+        if (self.cfg.checkpoint_dir and self.cfg.checkpoint_every
+                and self.stats["step"] % self.cfg.checkpoint_every == 0):
+            self.checkpoint()
+        if self.cfg.eval_every and self.stats["step"] % self.cfg.eval_every == 0:
+            self._eval()
+
+    # ---- checkpoints (trainable tensors only; atomic rename) ----
+    def checkpoint(self) -> Path:
+        from safetensors.torch import save_file
+
+        d = Path(self.cfg.checkpoint_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        step = self.stats["step"]
+        tmp = d / f".step-{step:08d}.tmp"
+        with self.lock:  # a consistent snapshot between forwards/updates
+            tensors = {n: p.detach().clone().contiguous() for n, p in zip(self.trainable, self.params)}
+        save_file(tensors, str(tmp), metadata={"step": str(step)})
+        fd = os.open(tmp, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+        final = d / f"step-{step:08d}.safetensors"
+        os.replace(tmp, final)
+        dfd = os.open(d, os.O_RDONLY)
+        os.fsync(dfd)
+        os.close(dfd)
+        self.stats["checkpoint_step"] = step
+        return final
+
+    def restore_latest(self) -> int | None:
+        """Load the newest checkpoint into the live weights (in place). Returns its step."""
+        if not self.cfg.checkpoint_dir:
+            return None
+        d = Path(self.cfg.checkpoint_dir)
+        files = sorted(d.glob("step-*.safetensors")) if d.exists() else []
+        if not files:
+            return None
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(files[-1]))
+        params = dict(self.model.named_parameters())
+        with self.lock, torch.no_grad():
+            for n, t in tensors.items():
+                if n in params:
+                    params[n].copy_(t)
+        step = int(files[-1].stem.split("-")[1])
+        self.stats["checkpoint_step"] = step
+        log.info("plasticity: restored training checkpoint %s", files[-1])
+        return step
+
+    # ---- recovery ----
+    def recover(self, accepted_journal: Path | None) -> int:
+        """Re-enqueue accepted examples that are not trained (or whose training is not in the checkpoint)."""
+        if accepted_journal is None:
+            return 0
+        ck = self.restore_latest()
+        done = set()
+        if self.done_journal is not None:
+            for r in self.done_journal.read():
+                if ck is None and self.cfg.checkpoint_dir and self.cfg.checkpoint_every:
+                    continue  # checkpoints configured but none written: nothing trained survived
+                if ck is None or int(r.get("step", 0)) <= ck or r.get("status") == "skipped":
+                    done.add(r["id"])
+        if ck is not None:
+            self.stats["step"] = ck
+        todo = [r for r in Journal(accepted_journal).read() if r.get("id") not in done]
+        self.stats["recovered"] = len(todo)
+        self.stats["examples_done"] = len(done)
+        self.enqueue(todo)
+        return len(todo)
+
+    # ---- thread ----
+    def start(self) -> None:
+        if self.thread is not None:
+            return
+        self.thread = threading.Thread(target=self._run, name="plasticity-train", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        torch.set_num_threads(self.cfg.threads)
+        try:
+            self._eval()
+        except Exception as e:  # noqa: BLE001
+            self.stats["last_error"] = f"held-out eval: {e!r}"
+        while not self.stop_ev.is_set():
+            if self.paused.is_set() or (self.cfg.max_steps and self.stats["step"] >= self.cfg.max_steps):
+                time.sleep(0.05)
+                continue
+            first = self.queue.pop(0.2)
+            if first is None:
+                continue
+            batch = [first]
+            n_beh = max(1, round(self.cfg.batch_size * (1 - self.cfg.replay_ratio))) if self.replay else self.cfg.batch_size
+            while len(batch) < n_beh:
+                nxt = self.queue.pop(0.0)
+                if nxt is None:
+                    break
+                batch.append(nxt)
+            try:
+                res = self.step(batch)
+                self._finish(batch, res)
+            except Exception as e:  # noqa: BLE001 - never kill the worker; report
+                log.exception("plasticity: training step failed")
+                self.stats["last_error"] = repr(e)
+                for p in self.params:
+                    p.grad = None
+            if self.cfg.yield_ms:
+                time.sleep(self.cfg.yield_ms / 1000)
+
+    def stop(self) -> None:
+        self.stop_ev.set()
+        if self.thread is not None:
+            self.thread.join(10)
+
+    def status(self) -> dict:
+        st = dict(self.stats)
+        st["examples_queued"] = len(self.queue)
+        st["paused"] = self.paused.is_set()
+        st["tokens_per_s"] = st["train_tokens"] / st["train_seconds"] if st["train_seconds"] else 0.0
+        st["trainable_params"] = sum(p.numel() for p in self.params)
+        st["trainable_tensors"] = len(self.params)
+        st["optimizer_state_bytes"] = self.opt.state_bytes()
+        st["adamw_state_bytes"] = 2 * 4 * st["trainable_params"]
+        st["optimizer_skipped_params"] = self.opt.skipped
+        return st

@@ -1,0 +1,106 @@
+"""The training loop without a server: journal durability + recovery, non-finite steps, the queue."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import torch
+
+from models import model_dir
+
+from plasticity._plasticity import TrainQueue
+from plasticity.training import config as tc, core, views
+
+
+def test_train_queue_bounded_and_timeout():
+    q = TrainQueue(2)
+    assert q.push({"a": 1}) and q.push(2) and not q.push(3)
+    assert len(q) == 2 and q.pop(0.0) == {"a": 1} and q.pop(0.0) == 2
+    assert q.pop(0.05) is None
+    with pytest.raises(ValueError):
+        q.pop(float("nan"))
+    with pytest.raises(ValueError):
+        TrainQueue(0)
+
+
+@pytest.fixture
+def trainer(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(model_dir("qwen3-tiny"), dtype=torch.float32).eval()
+    names = [n for n, _ in m.named_parameters()]
+    sel = views.select(names, ["all-linear"])
+    for n, p in m.named_parameters():
+        p.requires_grad_(n in sel)
+    cfg = tc.from_dict({"enabled": True, "lr": 1e-3, "rank": 8, "journal": str(tmp_path / "j.jsonl"),
+                        "checkpoint_dir": str(tmp_path / "ck"), "checkpoint_every": 1, "replay_ratio": 0.0})
+    return core.Trainer(m, sorted(sel), cfg, TrainQueue(100), threading.Lock()), cfg, m
+
+
+def _ex(i):
+    return {"id": f"ex-{i}", "context": [5, 6, 7, 8 + i], "decision": [40, 41, 42]}
+
+
+def test_non_finite_loss_skips_step_bit_identical(trainer):
+    tr, cfg, m = trainer
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    w = m.model.norm.weight
+    with torch.no_grad():
+        saved = w.clone()
+        w[0] = float("nan")  # NaN in a frozen weight -> non-finite loss
+    res = tr.step([_ex(0)])
+    with torch.no_grad():
+        w.copy_(saved)
+    assert res["skipped"] and tr.stats["skipped_steps"] == 1
+    for n, p in m.named_parameters():
+        assert torch.equal(p, before[n]), n  # bit-identical
+
+
+def test_non_finite_gradient_skips_remaining_params(trainer):
+    tr, cfg, m = trainer
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    # A gradient hook poisons the *first* gradient that backward produces (lm_head side: last layer's
+    # down_proj); every parameter is then left bit-identical (the first one by Apollo's own check).
+    first = dict(m.named_parameters())[tr.trainable[-1]]
+    last_layer = [p for n, p in m.named_parameters() if n in tr.trainable and ".layers.3.mlp.down_proj" in n][0]
+    h = last_layer.register_hook(lambda g: g * float("nan"))
+    res = tr.step([_ex(1)])
+    h.remove()
+    assert res["skipped"] and res["updated_params"] == 0
+    for n, p in m.named_parameters():
+        assert torch.equal(p, before[n]), n
+
+
+def test_journal_recovery_trains_untrained_and_not_trained(trainer, tmp_path):
+    tr, cfg, m = trainer
+    acc = core.Journal(cfg.journal)
+    acc.append([_ex(i) for i in range(5)])
+    # examples 0..2 trained in one step, checkpointed
+    tr.enqueue([_ex(i) for i in range(5)])
+    batch = [tr.queue.pop(0.0) for _ in range(3)]
+    res = tr.step(batch)
+    tr._finish(batch, res)
+    assert tr.stats["checkpoint_step"] == 1
+    trained = {n: p.detach().clone() for n, p in zip(tr.trainable, tr.params)}
+    # torn last line (a crash mid-append of an unacknowledged record) is ignored
+    with open(cfg.journal, "ab") as f:
+        f.write(b'{"id": "ex-torn", "cont')
+    # "restart": fresh model from disk, fresh trainer, recover
+    from transformers import AutoModelForCausalLM
+
+    m2 = AutoModelForCausalLM.from_pretrained(model_dir("qwen3-tiny"), dtype=torch.float32).eval()
+    for n, p in m2.named_parameters():
+        p.requires_grad_(n in tr.trainable)
+    tr2 = core.Trainer(m2, tr.trainable, cfg, TrainQueue(100), threading.Lock())
+    n = tr2.recover(cfg.journal)
+    assert n == 2
+    ids = sorted(x["id"] for x in tr2.queue.drain())
+    assert ids == ["ex-3", "ex-4"]
+    p2 = dict(m2.named_parameters())
+    for name, t in trained.items():
+        assert torch.equal(p2[name], t), name  # checkpoint restored into the live weights
+    assert tr2.stats["step"] == 1
+    done = [json.loads(l) for l in open(cfg.done_journal)]
+    assert [d["id"] for d in done] == ["ex-0", "ex-1", "ex-2"]
