@@ -129,6 +129,9 @@ pub(crate) fn project<T: Element>(
     use_bf16: bool,
     threads: usize,
 ) {
+    if geo.rank == 1 {
+        return project_rank1(geo, g, p, r, gsq, threads);
+    }
     if use_bf16 {
         return project_bf16(geo, g, p, r, gsq, a16, packed, threads);
     }
@@ -231,6 +234,75 @@ pub(crate) fn project<T: Element>(
                 false,
                 par,
             ),
+        }
+    }
+}
+
+/// Rank 1 (Apollo-Mini): R is a vector, so the projection is a GEMV fused into
+/// the norm pass and G is read once here instead of twice (no GEMM call).
+fn project_rank1<T: Element>(geo: &Geometry, g: &[T], p: &[f32], r: &mut [f32], gsq: &mut [f64], threads: usize) {
+    let (m, n) = (geo.m, geo.n);
+    let (sq, rp) = (Shared(gsq.as_mut_ptr()), Shared(r.as_mut_ptr()));
+    match geo.side() {
+        Side::Right => for_ranges(m, threads, |rows| {
+            let (sums, rs) = unsafe { (sq.slice(rows.start, rows.len()), rp.slice(rows.start, rows.len())) };
+            let gs = &g[rows.start * n..rows.end * n];
+            simd!(rows_sumsq_dot::<T>(gs, p, n, sums, rs));
+        }),
+        Side::Left => for_ranges(n, threads, |cols| {
+            let (sums, rs) = unsafe { (sq.slice(cols.start, cols.len()), rp.slice(cols.start, cols.len())) };
+            simd!(cols_sumsq_dot::<T>(g, p, m, n, cols.start, sums, rs));
+        }),
+    }
+}
+
+#[inline(always)]
+fn rows_sumsq_dot<T: Element>(gs: &[T], p: &[f32], n: usize, sums: &mut [f64], rs: &mut [f32]) {
+    // Eight independent partial sums per row so the reductions vectorise.
+    const L: usize = 8;
+    for ((row, s), d) in gs.chunks_exact(n).zip(sums.iter_mut()).zip(rs.iter_mut()) {
+        let (mut a, mut b) = ([0f64; L], [0f32; L]);
+        let (rc, pc) = (row.chunks_exact(L), p[..n].chunks_exact(L));
+        let (rrest, prest) = (rc.remainder(), pc.remainder());
+        for (xs, ps) in rc.zip(pc) {
+            for k in 0..L {
+                let v = xs[k].to_f32();
+                a[k] += (v as f64) * (v as f64);
+                b[k] += v * ps[k];
+            }
+        }
+        let (mut sa, mut sb): (f64, f32) = (a.iter().sum(), b.iter().sum());
+        for (&x, &pv) in rrest.iter().zip(prest) {
+            let v = x.to_f32();
+            sa += (v as f64) * (v as f64);
+            sb += v * pv;
+        }
+        *s = sa;
+        *d = sb;
+    }
+}
+
+#[inline(always)]
+fn cols_sumsq_dot<T: Element>(g: &[T], p: &[f32], m: usize, n: usize, c0: usize, sums: &mut [f64], rs: &mut [f32]) {
+    // Squares summed in f32 over blocks of 64 rows (full-width vectors), then
+    // flushed into the f64 totals: f64 accuracy without f64-wide arithmetic.
+    const BLOCK: usize = 64;
+    sums.fill(0.0);
+    rs.fill(0.0);
+    let w = sums.len();
+    let mut part = vec![0f32; w];
+    for i0 in (0..m).step_by(BLOCK) {
+        part.fill(0.0);
+        for (i, &pi) in p.iter().enumerate().take(m.min(i0 + BLOCK)).skip(i0) {
+            let row = &g[i * n + c0..i * n + c0 + w];
+            for ((a, b), &x) in part.iter_mut().zip(rs.iter_mut()).zip(row) {
+                let v = x.to_f32();
+                *a += v * v;
+                *b += pi * v;
+            }
+        }
+        for (s, &a) in sums.iter_mut().zip(&part) {
+            *s += a as f64;
         }
     }
 }
