@@ -104,3 +104,18 @@ def test_journal_recovery_trains_untrained_and_not_trained(trainer, tmp_path):
     assert tr2.stats["step"] == 1
     done = [json.loads(l) for l in open(cfg.done_journal)]
     assert [d["id"] for d in done] == ["ex-0", "ex-1", "ex-2"]
+
+
+def test_serving_duty_cycle_pause(trainer):
+    """While serving is active, a step of dt is followed by dt·(1-d)/d of sleep; idle: only yield_ms."""
+    import time
+
+    tr, cfg, m = trainer
+    assert cfg.serving_duty == 0.25 and cfg.yield_ms == 0.0
+    assert tr.pause_after(0.2) == 0.0  # no serving side at all
+    tr.last_serve = lambda: time.monotonic()
+    assert tr.pause_after(0.2) == pytest.approx(0.6)
+    tr.last_serve = lambda: time.monotonic() - 10.0  # served long ago: idle, train at full speed
+    assert tr.pause_after(0.2) == 0.0
+    tr.last_serve = lambda: None
+    assert tr.pause_after(0.2) == 0.0

@@ -146,14 +146,15 @@ def test_teach_behaviour_while_serving(train_server):
                   requests_failed=len(load.fail), train_seconds=t_train1 - t_train0,
                   train_tokens_per_s=st["tokens_per_s"], rss_idle_mb=rss_idle / 2**20, rss_peak_mb=rss_peak / 2**20,
                   rss_delta_mb=(rss_peak - rss_idle) / 2**20, optimizer_state_mb=st["optimizer_state_bytes"] / 2**20,
-                  adamw_state_mb=st["adamw_state_bytes"] / 2**20, trainable_params=st["trainable_params"],
+                  adamw_state_mb=st["adamw_state_bytes"] / 2**20,
+                  largest_grad_mb=st["largest_grad_bytes"] / 2**20,
+                  activations_peak_mb=st["activation_bytes_peak"] / 2**20, trainable_params=st["trainable_params"],
                   sample_after=after[ts.HELD[0]], sample_before=before[ts.HELD[0]])
     print("\nTRAINING E2E", json.dumps(report, indent=1))
     if os.environ.get("PLASTICITY_BENCH_OUT"):
         with open(os.path.join(os.environ["PLASTICITY_BENCH_OUT"], "training_e2e.json"), "w") as f:
             json.dump(report, f, indent=1)
     assert hits >= len(ts.HELD) * 0.75, report
-    # The target is < 5%; the 4-layer test model reaches +10% at best in our sweeps
-    # (see docs/training.md "Numbers"). Guard against gross forgetting here, report the figure.
-    assert ppl1 < ppl0 * 1.15, report
+    # The target: held-out perplexity rises by less than 5% (75% replay; docs/training.md "Numbers").
+    assert ppl1 < ppl0 * 1.05, report
     assert st["skipped_steps"] == 0

@@ -18,10 +18,10 @@ def write_config(root: Path, *, enabled=True, **over) -> Path:
     from models import heldout_path
 
     corpus = heldout_path().parent
-    t = dict(enabled=enabled, lr=1e-3, rank=32, update_proj_gap=200, modules=["all-linear"], replay_ratio=0.5,
+    t = dict(enabled=enabled, lr=1e-3, rank=32, update_proj_gap=200, modules=["all-linear"], replay_ratio=0.75,
              replay_source=str(corpus / "train.txt"), heldout=str(corpus / "heldout.jsonl"), batch_size=4,
              journal=str(root / "journal.jsonl"), checkpoint_dir=str(root / "ckpt"), checkpoint_every=0,
-             eval_every=0, max_decision_tokens=64, max_example_tokens=512, threads=1, yield_ms=100.0)
+             eval_every=0, max_decision_tokens=64, max_example_tokens=512, threads=1, yield_ms=0.0, serving_duty=0.25)
     t.update(over)
     lines = ["[training]"]
     for k, v in t.items():

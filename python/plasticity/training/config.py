@@ -25,7 +25,10 @@ checkpoint_every = 0       # steps between checkpoints (0 = never)
 heldout = ""               # text file (.jsonl/.txt) for the held-out perplexity in the status
 eval_every = 0             # steps between held-out evaluations (0 = only on request/at start)
 threads = 1                # torch/Apollo threads of the training thread
-yield_ms = 0.0             # sleep after each step (duty cycle, leaves CPU to serving)
+yield_ms = 0.0             # sleep after each step (leaves CPU to serving)
+serving_duty = 0.25        # while requests are being served, training takes at most this
+                           # fraction of wall time (sleeps dt·(1-d)/d after a step of dt); 1 = off
+serving_idle_ms = 500      # "being served" = a model forward ran within this window
 queue_capacity = 10000
 ```
 Relative paths are resolved against the config file's folder.
@@ -46,7 +49,7 @@ _DEFAULTS = dict(
     norm_growth_limit=1.01, betas=(0.9, 0.999), weight_decay=0.0, modules=("all-linear",),
     replay_ratio=0.25, replay_source=None, batch_size=4, max_steps=0, max_example_tokens=2048,
     max_decision_tokens=512, journal=None, checkpoint_dir=None, checkpoint_every=0, heldout=None,
-    eval_every=0, threads=1, yield_ms=0.0, queue_capacity=10000, seed=0,
+    eval_every=0, threads=1, yield_ms=0.0, serving_duty=0.25, serving_idle_ms=500.0, queue_capacity=10000, seed=0,
 )
 _PATHS = ("replay_source", "journal", "checkpoint_dir", "heldout")
 
@@ -76,6 +79,8 @@ class TrainingConfig:
     eval_every: int = 0
     threads: int = 1
     yield_ms: float = 0.0
+    serving_duty: float = 0.25
+    serving_idle_ms: float = 500.0
     queue_capacity: int = 10000
     seed: int = 0
     source: Path | None = field(default=None, compare=False)
@@ -113,7 +118,8 @@ def from_dict(sec: dict, base: Path | None = None, source: Path | None = None) -
         max_steps=int(v["max_steps"]), max_example_tokens=int(v["max_example_tokens"]),
         max_decision_tokens=int(v["max_decision_tokens"]), journal=v["journal"], checkpoint_dir=v["checkpoint_dir"],
         checkpoint_every=int(v["checkpoint_every"]), heldout=v["heldout"], eval_every=int(v["eval_every"]),
-        threads=int(v["threads"]), yield_ms=float(v["yield_ms"]), queue_capacity=int(v["queue_capacity"]),
+        threads=int(v["threads"]), yield_ms=float(v["yield_ms"]), serving_duty=float(v["serving_duty"]),
+        serving_idle_ms=float(v["serving_idle_ms"]), queue_capacity=int(v["queue_capacity"]),
         seed=int(v["seed"]), source=source,
     )
     _check(cfg, where)
@@ -140,6 +146,8 @@ def _check(c: TrainingConfig, where) -> None:
         bad("max_decision_tokens must be ≥ 1 and max_example_tokens ≥ 2")
     if c.threads < 1 or c.yield_ms < 0 or c.queue_capacity < 1:
         bad("threads and queue_capacity must be ≥ 1, yield_ms ≥ 0")
+    if not (0 < c.serving_duty <= 1) or not (c.serving_idle_ms >= 0):
+        bad("serving_duty must be in (0, 1] and serving_idle_ms ≥ 0")
 
 
 def load(path: str | os.PathLike | None = None) -> TrainingConfig:

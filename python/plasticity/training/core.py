@@ -133,15 +133,40 @@ class Journal:
         return out
 
 
+class _SavedBytes:
+    """Counts the bytes autograd saves for backward (the activations of a step), each storage
+    once, weights excluded: the memory report compares it with the worker's RSS growth."""
+
+    def __init__(self, weights: set[int]):
+        self.weights, self.seen, self.bytes = weights, set(), 0
+
+    def pack(self, t):
+        st = t.untyped_storage()
+        ptr = st.data_ptr()
+        if ptr not in self.weights and ptr not in self.seen:
+            self.seen.add(ptr)
+            self.bytes += st.nbytes()
+        return t
+
+    @staticmethod
+    def unpack(t):
+        return t
+
+
 class Trainer:
     """The training loop of one worker. ``model`` is the view module; ``queue`` a TrainQueue."""
 
-    def __init__(self, model, trainable: list[str], cfg, queue, lock: threading.Lock, tokenizer=None):
+    def __init__(self, model, trainable: list[str], cfg, queue, lock: threading.Lock, tokenizer=None,
+                 last_serve=None):
         self.model, self.cfg, self.queue, self.lock = model, cfg, queue, lock
+        # () -> monotonic time of the latest serving forward (None: no serving side)
+        self.last_serve = last_serve
         self.tokenizer = tokenizer
         params = dict(model.named_parameters())
         self.trainable = trainable
         self.params = [params[n] for n in trainable]
+        # storages of all weights: tensors autograd saves from them are not activations
+        self._weight_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
         self.opt = LiveApollo(self.params, lock, lr=cfg.lr, rank=cfg.rank, scale_type=cfg.scale_type,
                               alpha=cfg.alpha, update_proj_gap=cfg.update_proj_gap,
                               norm_growth_limit=cfg.norm_growth_limit, betas=cfg.betas,
@@ -225,11 +250,15 @@ class Trainer:
             items.append((c[:64], c[64:]))
         t0 = time.time()
         losses, ntok = [], 0
-        for ctx, dec in items:
-            loss, n = frozen_context_loss(self.model, ctx, dec)
-            losses.append(loss)
-            ntok += n
-        loss = torch.stack(losses).mean()
+        saved = _SavedBytes(self._weight_storages)
+        with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
+            for ctx, dec in items:
+                loss, n = frozen_context_loss(self.model, ctx, dec)
+                losses.append(loss)
+                ntok += n
+            loss = torch.stack(losses).mean()
+        self.stats["activation_bytes"] = saved.bytes
+        self.stats["activation_bytes_peak"] = max(self.stats.get("activation_bytes_peak", 0), saved.bytes)
         lv = float(loss.detach())
         self.opt.poisoned = False
         self.opt.updated = 0
@@ -358,6 +387,7 @@ class Trainer:
                 if nxt is None:
                     break
                 batch.append(nxt)
+            t0 = time.monotonic()
             try:
                 res = self.step(batch)
                 self._finish(batch, res)
@@ -366,8 +396,25 @@ class Trainer:
                 self.stats["last_error"] = repr(e)
                 for p in self.params:
                     p.grad = None
-            if self.cfg.yield_ms:
-                time.sleep(self.cfg.yield_ms / 1000)
+            self._yield(time.monotonic() - t0)
+
+    def _yield(self, dt: float) -> None:
+        pause = self.pause_after(dt)
+        if pause > 0:
+            self.stop_ev.wait(pause)
+
+    def pause_after(self, dt: float) -> float:
+        """Seconds to leave the CPU to serving after a step of ``dt`` s: the fixed ``yield_ms``, and
+        while requests are being served, enough that training takes at most ``serving_duty`` of
+        wall time (2 shared cores: a training step slows every concurrent forward)."""
+        pause = self.cfg.yield_ms / 1000
+        d = self.cfg.serving_duty
+        if d < 1 and self.last_serve is not None:
+            last = self.last_serve()
+            if last is not None and time.monotonic() - last <= self.cfg.serving_idle_ms / 1000:
+                pause = max(pause, dt * (1 - d) / d)
+                self.stats["serving_yields"] = self.stats.get("serving_yields", 0) + 1
+        return pause
 
     def stop(self) -> None:
         self.stop_ev.set()
@@ -384,4 +431,5 @@ class Trainer:
         st["optimizer_state_bytes"] = self.opt.state_bytes()
         st["adamw_state_bytes"] = 2 * 4 * st["trainable_params"]
         st["optimizer_skipped_params"] = self.opt.skipped
+        st["largest_grad_bytes"] = max((p.numel() * p.element_size() for p in self.params), default=0)  # fused: one at a time
         return st

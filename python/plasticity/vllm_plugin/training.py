@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import torch
 
 log = logging.getLogger("vllm.plasticity.training")
 
 LOCK = threading.Lock()
+_LAST_FORWARD = [None]  # monotonic end time of the latest serving forward (the trainer's duty cycle)
 _INSTALLED = False
 
 
@@ -59,8 +61,11 @@ def _keep_plain_cpu_weights() -> None:
 
 def _wrap_forward(orig):
     def _model_forward(self, *args, **kwargs):
-        with LOCK:
-            return orig(self, *args, **kwargs)
+        try:
+            with LOCK:
+                return orig(self, *args, **kwargs)
+        finally:
+            _LAST_FORWARD[0] = time.monotonic()
 
     _model_forward._plasticity_train = True
     return _model_forward
@@ -88,7 +93,8 @@ class _State:
         except Exception:  # noqa: BLE001
             tok = None
         self.queue = TrainQueue(cfg.queue_capacity)
-        self.trainer = core.Trainer(self.model, trainable, cfg, self.queue, LOCK, tokenizer=tok)
+        self.trainer = core.Trainer(self.model, trainable, cfg, self.queue, LOCK, tokenizer=tok,
+                                    last_serve=lambda: _LAST_FORWARD[0])
         self.trainer.load_replay()
         self.trainer.load_heldout()
         self.recovered = self.trainer.recover(cfg.journal)
