@@ -170,7 +170,8 @@ class Trainer:
         self.opt = LiveApollo(self.params, lock, lr=cfg.lr, rank=cfg.rank, scale_type=cfg.scale_type,
                               alpha=cfg.alpha, update_proj_gap=cfg.update_proj_gap,
                               norm_growth_limit=cfg.norm_growth_limit, betas=cfg.betas,
-                              weight_decay=cfg.weight_decay, seed=cfg.seed, threads=cfg.threads)
+                              weight_decay=cfg.weight_decay, stochastic_rounding=cfg.stochastic_rounding,
+                              seed=cfg.seed, threads=cfg.threads)
         self.done_journal = Journal(cfg.done_journal) if cfg.done_journal else None
         self.seen: set[str] = set()
         self.pending: deque = deque()

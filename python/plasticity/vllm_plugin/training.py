@@ -181,6 +181,14 @@ def _scale_param(st, name, factor):
     return {"name": name}
 
 
+def _digest(st, pattern=""):
+    """Test hook: float64 sum and abs-sum of each trainable tensor whose name contains ``pattern``."""
+    params = dict(st.model.named_parameters())
+    with LOCK, torch.no_grad():
+        return {"digest": {n: [float(params[n].double().sum()), float(params[n].double().abs().sum())]
+                           for n in st.trainer.trainable if pattern in n}}
+
+
 def install() -> None:
     global _INSTALLED
     if _INSTALLED:
@@ -208,5 +216,6 @@ def install() -> None:
     Worker.plasticity_train_checkpoint = _rpc(_checkpoint)
     Worker.plasticity_train_eval = _rpc(_eval)
     Worker.plasticity_train_scale_param = _rpc(_scale_param)
+    Worker.plasticity_train_digest = _rpc(_digest)
     log.info("plasticity: online-training hooks installed (lr %g, rank %d, modules %s)", cfg.lr, cfg.rank,
              list(cfg.modules))
