@@ -5,6 +5,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # Side venvs with the reference tools (upstream gguf, repeng) for the interop tests.
 bash scripts/setup_steering_interop.sh
+# Side venv with mergekit 0.1.5 for the task-vector merge comparison.
+bash scripts/setup_mergekit.sh
 echo "== cargo test --workspace"
 cargo test --workspace --release
 echo "== pytest"

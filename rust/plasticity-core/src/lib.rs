@@ -12,6 +12,7 @@
 pub mod apollo;
 pub mod element;
 pub mod error;
+pub mod merge;
 pub mod rng;
 pub mod steering;
 

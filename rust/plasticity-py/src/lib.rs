@@ -5,6 +5,7 @@
 //! `python/plasticity/`.
 
 mod apollo;
+mod merge;
 mod queue;
 mod steering;
 mod tensor;
@@ -21,5 +22,15 @@ fn _plasticity(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(apollo::bf16_projection_available, m)?)?;
     m.add_function(wrap_pyfunction!(steering::steering_add_, m)?)?;
     m.add_class::<queue::TrainQueue>()?;
+    m.add_function(wrap_pyfunction!(merge::tv_delta_of, m)?)?;
+    m.add_function(wrap_pyfunction!(merge::tv_add_delta_, m)?)?;
+    m.add_function(wrap_pyfunction!(merge::tv_roundtrip, m)?)?;
+    m.add_function(wrap_pyfunction!(merge::tv_task_arithmetic, m)?)?;
+    m.add_function(wrap_pyfunction!(merge::tv_ties, m)?)?;
+    m.add_function(wrap_pyfunction!(merge::tv_pair_stats, m)?)?;
+    m.add_class::<merge::TvGlobalSelect>()?;
+    m.add_function(wrap_pyfunction!(merge::tv_paper_keep_count, m)?)?;
+    m.add_function(wrap_pyfunction!(merge::tv_paper_sign_sum, m)?)?;
+    m.add_function(wrap_pyfunction!(merge::tv_ties_paper, m)?)?;
     Ok(())
 }
