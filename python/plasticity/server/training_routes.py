@@ -17,6 +17,7 @@ API key when one is set.
 from __future__ import annotations
 
 import asyncio
+import logging
 import hashlib
 import json
 import secrets
@@ -30,6 +31,7 @@ from plasticity.training import config as training_config
 from plasticity.training.core import Journal
 
 MAX_BODY = 16 << 20
+log = logging.getLogger("vllm.plasticity.training")
 
 
 def _err(msg: str, code: int) -> JSONResponse:
@@ -52,6 +54,8 @@ class TrainingRoutes:
         self.journal = Journal(self.cfg.journal) if (self.cfg.enabled and self.cfg.journal) else None
         self.accepted = 0
         self.lock = asyncio.Lock()
+        self.metrics = None
+        self._poll = None
 
     def _guard(self, request: Request) -> JSONResponse | None:
         if not self.cfg.enabled:
@@ -167,13 +171,7 @@ class TrainingRoutes:
         async def status(request: Request):
             if (g := plugin._guard(request)) is not None:
                 return g
-            res = await plugin.engine.collective_rpc("plasticity_train_status")
-            st = dict(res[0])
-            st.pop("ok", None)
-            st["examples_accepted_since_start"] = plugin.accepted
-            if len(res) > 1:
-                st["workers"] = res
-            return st
+            return await plugin.fetch_status()
 
         for action in ("pause", "resume"):
             def make(action=action):
@@ -184,6 +182,45 @@ class TrainingRoutes:
                     return {"paused": action == "pause", "ok": all(x.get("ok") for x in res)}
                 return route
             r.add_api_route(f"/v1/training/{action}", make(), methods=["POST"])
+
+        @r.post("/v1/training/settings")
+        async def settings(request: Request):
+            if (g := plugin._guard(request)) is not None:
+                return g
+            try:
+                doc = await request.json()
+            except ValueError:
+                doc = None
+            if not isinstance(doc, dict):
+                return _err('body must be a JSON object, e.g. {"lr": 1e-5}', 400)
+            res = (await plugin.engine.collective_rpc("plasticity_train_settings", args=(doc,)))[0]
+            if not res.get("ok"):
+                return _err(res.get("error", "bad settings"), 400)
+            res.pop("ok")
+            return res
+
+        @r.post("/v1/training/discard")
+        async def discard(request: Request):
+            if (g := plugin._guard(request)) is not None:
+                return g
+            res = (await plugin.engine.collective_rpc("plasticity_train_discard"))[0]
+            res.pop("ok", None)
+            return res
+
+        from . import snapshot_routes
+
+        snapshot_routes.attach(r, plugin)
+
+    async def fetch_status(self) -> dict:
+        res = await self.engine.collective_rpc("plasticity_train_status")
+        st = dict(res[0])
+        st.pop("ok", None)
+        st["examples_accepted_since_start"] = self.accepted
+        if len(res) > 1:
+            st["workers"] = res
+        if self.metrics is not None:
+            self.metrics.update(st)
+        return st
 
     async def init_state(self, engine_client, args, tokens) -> None:
         self.tokens = tokens
@@ -196,3 +233,10 @@ class TrainingRoutes:
         if not all(x.get("ok") for x in res):
             raise RuntimeError(f"plasticity: training could not start in the worker: {res}")
         self.engine = engine_client
+        try:
+            from .metrics import TrainingMetrics
+
+            self.metrics = TrainingMetrics()
+            self._poll = asyncio.get_running_loop().create_task(self.metrics.poll(self.fetch_status))
+        except Exception as e:  # noqa: BLE001 - no metrics is not a reason to refuse serving
+            log.warning("plasticity: training metrics unavailable: %s", e)

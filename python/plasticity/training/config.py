@@ -31,6 +31,9 @@ serving_duty = 0.25        # while requests are being served, training takes at 
                            # fraction of wall time (sleeps dt·(1-d)/d after a step of dt); 1 = off
 serving_idle_ms = 500      # "being served" = a model forward ran within this window
 queue_capacity = 10000
+snapshot_dir = ""          # task-vector snapshots; "" = "snapshots" beside the journal
+guard_every = 0            # forgetting guard: held-out perplexity every N steps (0 = off; needs heldout)
+guard_threshold = 0.05     # rise over the last good snapshot that pauses + rolls back
 ```
 Relative paths are resolved against the config file's folder.
 """
@@ -51,8 +54,9 @@ _DEFAULTS = dict(
     replay_ratio=0.25, replay_source=None, batch_size=4, max_steps=0, max_example_tokens=2048,
     max_decision_tokens=512, journal=None, checkpoint_dir=None, checkpoint_every=0, heldout=None,
     eval_every=0, threads=1, yield_ms=0.0, serving_duty=0.25, serving_idle_ms=500.0, queue_capacity=10000, seed=0,
+    snapshot_dir=None, guard_every=0, guard_threshold=0.05,
 )
-_PATHS = ("replay_source", "journal", "checkpoint_dir", "heldout")
+_PATHS = ("replay_source", "journal", "checkpoint_dir", "heldout", "snapshot_dir")
 
 
 @dataclass
@@ -85,6 +89,9 @@ class TrainingConfig:
     serving_idle_ms: float = 500.0
     queue_capacity: int = 10000
     seed: int = 0
+    snapshot_dir: Path | None = None
+    guard_every: int = 0
+    guard_threshold: float = 0.05
     source: Path | None = field(default=None, compare=False)
 
     @property
@@ -124,6 +131,8 @@ def from_dict(sec: dict, base: Path | None = None, source: Path | None = None) -
         threads=int(v["threads"]), yield_ms=float(v["yield_ms"]), serving_duty=float(v["serving_duty"]),
         serving_idle_ms=float(v["serving_idle_ms"]), queue_capacity=int(v["queue_capacity"]),
         seed=int(v["seed"]), source=source,
+        snapshot_dir=v["snapshot_dir"] or (v["journal"].parent / "snapshots" if v["journal"] else None),
+        guard_every=int(v["guard_every"]), guard_threshold=float(v["guard_threshold"]),
     )
     _check(cfg, where)
     return cfg
@@ -149,6 +158,10 @@ def _check(c: TrainingConfig, where) -> None:
         bad("max_decision_tokens must be ≥ 1 and max_example_tokens ≥ 2")
     if c.threads < 1 or c.yield_ms < 0 or c.queue_capacity < 1:
         bad("threads and queue_capacity must be ≥ 1, yield_ms ≥ 0")
+    if c.guard_every < 0 or not (math.isfinite(c.guard_threshold) and c.guard_threshold > 0):
+        bad("guard_every must be ≥ 0 and guard_threshold a number > 0")
+    if c.guard_every and c.heldout is None:
+        bad("guard_every needs a heldout file")
     if not (0 < c.serving_duty <= 1) or not (c.serving_idle_ms >= 0):
         bad("serving_duty must be in (0, 1] and serving_idle_ms ≥ 0")
 

@@ -18,8 +18,10 @@ import logging
 import math
 import os
 import random
+import queue as queue_mod
 import threading
 import time
+import uuid
 from collections import deque
 from pathlib import Path
 
@@ -179,6 +181,9 @@ class Trainer:
         self.replay: list[list[int]] = []
         self.replay_credit = 0.0
         self.heldout_ids: torch.Tensor | None = None
+        self.guard = None  # snapshots.Guard, set by the worker when configured
+        self.control: "queue_mod.SimpleQueue" = queue_mod.SimpleQueue()  # (job id, fn) run between steps
+        self.jobs: dict[str, dict] = {}
         self.paused = threading.Event()
         self.stop_ev = threading.Event()
         self.thread: threading.Thread | None = None
@@ -296,6 +301,52 @@ class Trainer:
             self.checkpoint()
         if self.cfg.eval_every and self.stats["step"] % self.cfg.eval_every == 0:
             self._eval()
+        if self.guard is not None:
+            self.guard.check(self)
+
+    def discard_queued(self) -> int:
+        """Empty the queue; the examples are journaled as done with status "discarded"."""
+        out = []
+        while (ex := self.queue.pop(0.0)) is not None:
+            out.append(ex)
+        if out and self.done_journal is not None:
+            self.done_journal.append([{"id": ex["id"], "step": self.stats["step"], "status": "discarded"}
+                                      for ex in out])
+        self.stats["examples_discarded"] = self.stats.get("examples_discarded", 0) + len(out)
+        return len(out)
+
+    def reset_optimizer(self) -> None:
+        """Forget Apollo's moments and projections (after the weights jumped: rollback, merge)."""
+        for st in self.opt.state.values():
+            for k in [k for k in st if k != "seed"]:  # the per-parameter seed is identity, not history
+                del st[k]
+
+    # ---- control: work that must not interleave with a step (snapshots, rollback, merges) ----
+    def submit(self, fn) -> str:
+        """Run ``fn()`` on the training thread between steps; returns a job id for :meth:`job`."""
+        jid = uuid.uuid4().hex
+        self.jobs[jid] = {"done": False}
+        while len(self.jobs) > 256:
+            self.jobs.pop(next(iter(self.jobs)))
+        self.control.put((jid, fn))
+        return jid
+
+    def job(self, jid: str) -> dict:
+        return self.jobs.get(jid, {"done": True, "ok": False, "error": f"unknown job {jid}", "code": 404})
+
+    def _run_control(self) -> None:
+        while True:
+            try:
+                jid, fn = self.control.get_nowait()
+            except queue_mod.Empty:
+                return
+            try:
+                self.jobs[jid] = {"done": True, "ok": True, "result": fn()}
+            except Exception as e:  # noqa: BLE001 - reported to the caller
+                code = getattr(e, "code", None)
+                if code is None:
+                    log.exception("plasticity: control job failed")
+                self.jobs[jid] = {"done": True, "ok": False, "error": str(e) or repr(e), "code": code or 500}
 
     # ---- checkpoints (trainable tensors only; atomic rename) ----
     def checkpoint(self) -> Path:
@@ -351,7 +402,7 @@ class Trainer:
             for r in self.done_journal.read():
                 if ck is None and self.cfg.checkpoint_dir and self.cfg.checkpoint_every:
                     continue  # checkpoints configured but none written: nothing trained survived
-                if ck is None or int(r.get("step", 0)) <= ck or r.get("status") == "skipped":
+                if ck is None or int(r.get("step", 0)) <= ck or r.get("status") in ("skipped", "discarded"):
                     done.add(r["id"])
         if ck is not None:
             self.stats["step"] = ck
@@ -374,7 +425,10 @@ class Trainer:
             self._eval()
         except Exception as e:  # noqa: BLE001
             self.stats["last_error"] = f"held-out eval: {e!r}"
+        if self.guard is not None and self.guard.ref_ppl is None:
+            self.guard.ref_ppl = self.stats["heldout_ppl"]
         while not self.stop_ev.is_set():
+            self._run_control()
             if self.paused.is_set() or (self.cfg.max_steps and self.stats["step"] >= self.cfg.max_steps):
                 time.sleep(0.05)
                 continue
@@ -432,5 +486,7 @@ class Trainer:
         st["optimizer_state_bytes"] = self.opt.state_bytes()
         st["adamw_state_bytes"] = 2 * 4 * st["trainable_params"]
         st["optimizer_skipped_params"] = self.opt.skipped
+        if self.guard is not None:
+            st["guard"] = self.guard.status()
         st["largest_grad_bytes"] = max((p.numel() * p.element_size() for p in self.params), default=0)  # fused: one at a time
         return st

@@ -76,7 +76,7 @@ class _State:
         from transformers import AutoConfig, AutoTokenizer
 
         from plasticity._plasticity import TrainQueue
-        from plasticity.training import core, views
+        from plasticity.training import core, snapshots, views
 
         mc = runner.model_config
         hf_cfg = AutoConfig.from_pretrained(mc.model, trust_remote_code=mc.trust_remote_code)
@@ -97,10 +97,65 @@ class _State:
                                     last_serve=lambda: _LAST_FORWARD[0])
         self.trainer.load_replay()
         self.trainer.load_heldout()
+        # The base is checked against the live weights before a checkpoint can change them.
+        params = dict(self.model.named_parameters())
+        trainable_params = {n: params[n] for n in trainable}
+        self.base = snapshots.BaseWeights(mc.model, trainable_params)
+        self.snaps = snapshots.Snapshots(cfg.snapshot_dir, trainable_params, self.base, LOCK,
+                                         snapshots.fingerprint(self.model), model_path=str(mc.model))
+        self.cfg = cfg
         self.recovered = self.trainer.recover(cfg.journal)
+        if cfg.guard_every:
+            self.trainer.guard = snapshots.Guard(self.snaps, cfg.guard_every, cfg.guard_threshold)
+            if self.trainer.stats.get("checkpoint_step") is not None:
+                # the live weights are a restored checkpoint, not the base: make them the reference
+                self.trainer.submit(lambda: self.save_snapshot(
+                    f"auto-step-{self.trainer.stats['step']}-{int(time.time())}", {"auto": "guard reference"}))
         self.trainer.start()
         log.info("plasticity: online training started: %d trainable tensors (%d params), %d examples recovered",
                  len(trainable), sum(p.numel() for p in self.trainer.params), self.recovered)
+
+
+    # ---- snapshots (run on the training thread through Trainer.submit) ----
+    def save_snapshot(self, name, extra=None):
+        tr, cfg = self.trainer, self.cfg
+        ppl = tr.heldout_ppl() if tr.heldout_ids is not None else None
+        meta = self.snaps.save(name, {
+            "step": tr.stats["step"], "examples_done": tr.stats["examples_done"], "heldout_ppl": ppl,
+            "heldout": str(cfg.heldout) if cfg.heldout else None, "modules": list(cfg.modules),
+            "dtype": str(next(iter(self.snaps.params.values())).dtype).removeprefix("torch."),
+            "training": {"lr": cfg.lr, "rank": cfg.rank, "scale_type": cfg.scale_type, "alpha": cfg.alpha,
+                         "update_proj_gap": cfg.update_proj_gap, "norm_growth_limit": cfg.norm_growth_limit,
+                         "betas": list(cfg.betas), "weight_decay": cfg.weight_decay,
+                         "replay_ratio": cfg.replay_ratio, "optimizer": "apollo"},
+            **(extra or {})})
+        if tr.guard is not None and ppl is not None:
+            tr.guard.set_reference(name, ppl)  # the last good snapshot
+        return meta
+
+    def restore_snapshot(self, name):
+        res = self.snaps.restore(None if name in (None, "base") else name)
+        self.trainer.reset_optimizer()
+        if self.trainer.guard is not None:
+            ppl = self.trainer.heldout_ppl()
+            self.trainer.guard.set_reference(None if name in (None, "base") else name, ppl)
+            res["heldout_ppl"] = ppl
+        return res
+
+    def apply(self, spec):
+        from plasticity.training.snapshots import SnapshotError
+
+        if not isinstance(spec, dict):
+            raise SnapshotError("body must be a JSON object")
+        m = spec.get("method")
+        if m in ("add", "negate"):
+            scale = -1.0 if m == "negate" else spec.get("scale", 1.0)
+            res = self.snaps.add(spec.get("snapshot"), scale)
+        else:
+            res = self.snaps.merge(m, spec.get("snapshots"), spec.get("weights"), spec.get("lambda", 1.0),
+                                   spec.get("density"), spec.get("normalize"))
+        self.trainer.reset_optimizer()
+        return res
 
 
 def _state(worker, start=False):
@@ -183,10 +238,74 @@ def _scale_param(st, name, factor):
 
 def _digest(st, pattern=""):
     """Test hook: float64 sum and abs-sum of each trainable tensor whose name contains ``pattern``."""
+    import hashlib
+
     params = dict(st.model.named_parameters())
     with LOCK, torch.no_grad():
-        return {"digest": {n: [float(params[n].double().sum()), float(params[n].double().abs().sum())]
-                           for n in st.trainer.trainable if pattern in n}}
+        d = {n: [float(params[n].double().sum()), float(params[n].double().abs().sum())]
+             for n in st.trainer.trainable if pattern in n}
+        h = hashlib.sha256()
+        for n in sorted(d):
+            h.update(params[n].detach().contiguous().view(torch.uint8).numpy().tobytes())
+        return {"digest": d, "sha256": h.hexdigest()}
+
+
+def _settings(st, changes=None):
+    """Change training settings while serving (today: lr); returns the current ones."""
+    changes = dict(changes or {})
+    unknown = set(changes) - {"lr", "guard_threshold"}
+    if unknown:
+        raise ValueError(f"unknown settings {sorted(unknown)} (supported: lr, guard_threshold)")
+    if "guard_threshold" in changes:
+        thr = float(changes["guard_threshold"])
+        if st.trainer.guard is None or not (0 < thr < float("inf")):
+            raise ValueError("guard_threshold needs the guard enabled (guard_every > 0) and a number > 0")
+        st.trainer.guard.threshold = thr
+    if "lr" in changes:
+        lr = float(changes["lr"])
+        if not (lr >= 0 and lr < float("inf")):
+            raise ValueError("lr must be a finite number ≥ 0")
+        for g in st.trainer.opt.param_groups:
+            g["lr"] = lr
+    return {"lr": st.trainer.opt.param_groups[0]["lr"],
+            "guard_threshold": None if st.trainer.guard is None else st.trainer.guard.threshold}
+
+
+def _discard(st):
+    """Drop every queued example (e.g. after a guard trip); they are journaled as discarded."""
+    return {"discarded": st.trainer.discard_queued()}
+
+
+def _tv_submit(st, op, args=None):
+    """Queue a snapshot operation on the training thread; poll ``plasticity_tv_job``."""
+    args = dict(args or {})
+    fns = {
+        "save": lambda: st.save_snapshot(args.get("name"), {"note": args["note"]} if args.get("note") else None),
+        "restore": lambda: st.restore_snapshot(args.get("to")),
+        "apply": lambda: st.apply(args),
+        "annotate": lambda: st.snaps.update_meta(
+            args.get("name"), evals=(st.snaps.meta(args.get("name")).get("evals") or []) + [args.get("eval")]),
+    }
+    if op not in fns:
+        raise ValueError(f"unknown snapshot operation {op!r}")
+    return {"job": st.trainer.submit(fns[op])}
+
+
+def _tv_job(st, jid):
+    return {"job": st.trainer.job(jid)}
+
+
+def _tv_list(st):
+    return {"snapshots": st.snaps.list(), "current": st.snaps.current, "base": st.base.info()}
+
+
+def _tv_meta(st, name):
+    from plasticity.training.snapshots import SnapshotError
+
+    try:
+        return {"meta": st.snaps.meta(name)}
+    except SnapshotError as e:
+        return {"error_code": e.code, "message": str(e)}
 
 
 def install() -> None:
@@ -217,5 +336,11 @@ def install() -> None:
     Worker.plasticity_train_eval = _rpc(_eval)
     Worker.plasticity_train_scale_param = _rpc(_scale_param)
     Worker.plasticity_train_digest = _rpc(_digest)
+    Worker.plasticity_train_settings = _rpc(_settings)
+    Worker.plasticity_train_discard = _rpc(_discard)
+    Worker.plasticity_tv_submit = _rpc(_tv_submit)
+    Worker.plasticity_tv_job = _rpc(_tv_job)
+    Worker.plasticity_tv_list = _rpc(_tv_list)
+    Worker.plasticity_tv_meta = _rpc(_tv_meta)
     log.info("plasticity: online-training hooks installed (lr %g, rank %d, modules %s)", cfg.lr, cfg.rank,
              list(cfg.modules))

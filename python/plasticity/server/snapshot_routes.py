@@ -1,0 +1,108 @@
+"""HTTP side of task vectors and snapshots (API-server process); same switch and key as training.
+
+- ``GET  /v1/snapshots``                 list (metadata), the current one, how the base is kept
+- ``POST /v1/snapshots``                 ``{"name", "note"?}`` → 201 metadata (τ = W_live − W_base)
+- ``GET  /v1/snapshots/{name}``          metadata
+- ``POST /v1/snapshots/{name}/evals``    ``{...}`` appended to the snapshot's ``evals`` (``plasticity eval``)
+- ``POST /v1/snapshots/apply``           ``{"method": "add"|"negate", "snapshot", "scale"?}`` (live += s·τ)
+                                         | ``{"method": "task_arithmetic"|"ties", "snapshots": [...],
+                                         ``"weights"?, "lambda"?, "density"?, "normalize"?}`` (live = base + merge)
+- ``POST /v1/rollback``                  ``{"to": "base" | name}`` (bit-identical)
+
+Each operation runs in the worker on the training thread between two steps (serving
+continues); the route polls the job and answers with its result or a 4xx naming the problem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+JOB_TIMEOUT_S = 1800
+
+
+def _err(msg: str, code: int) -> JSONResponse:
+    return JSONResponse({"error": {"message": msg, "type": "BadRequestError" if code < 500 else "Error",
+                                   "code": code}}, status_code=code)
+
+
+async def _json(request: Request):
+    try:
+        doc = await request.json()
+    except Exception:  # noqa: BLE001
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def attach(r, plugin) -> None:
+    async def run(op: str, args: dict, ok_code: int = 200):
+        res = (await plugin.engine.collective_rpc("plasticity_tv_submit", args=(op, args)))[0]
+        if not res.get("ok"):
+            return _err(res.get("error", "snapshot operation failed"), 400)
+        jid, t0 = res["job"], time.monotonic()
+        while time.monotonic() - t0 < JOB_TIMEOUT_S:
+            job = (await plugin.engine.collective_rpc("plasticity_tv_job", args=(jid,)))[0]["job"]
+            if job.get("done"):
+                if job.get("ok"):
+                    return JSONResponse(job["result"], status_code=ok_code)
+                return _err(job.get("error", "failed"), int(job.get("code") or 500))
+            await asyncio.sleep(0.05)
+        return _err(f"snapshot operation {op} did not finish in {JOB_TIMEOUT_S} s (job {jid})", 504)
+
+    @r.get("/v1/snapshots")
+    async def list_snapshots(request: Request):
+        if (g := plugin._guard(request)) is not None:
+            return g
+        res = (await plugin.engine.collective_rpc("plasticity_tv_list"))[0]
+        res.pop("ok", None)
+        return res
+
+    @r.post("/v1/snapshots")
+    async def save(request: Request):
+        if (g := plugin._guard(request)) is not None:
+            return g
+        doc = await _json(request)
+        if doc is None or not isinstance(doc.get("name"), str):
+            return _err('body must be {"name": "...", "note"?: "..."}', 400)
+        if "note" in doc and not isinstance(doc["note"], str):
+            return _err("'note' must be a string", 400)
+        return await run("save", {"name": doc["name"], "note": doc.get("note")}, 201)
+
+    @r.post("/v1/snapshots/apply")
+    async def apply(request: Request):
+        if (g := plugin._guard(request)) is not None:
+            return g
+        doc = await _json(request)
+        if doc is None:
+            return _err("body must be a JSON object", 400)
+        return await run("apply", doc)
+
+    @r.get("/v1/snapshots/{name}")
+    async def meta(name: str, request: Request):
+        if (g := plugin._guard(request)) is not None:
+            return g
+        res = (await plugin.engine.collective_rpc("plasticity_tv_meta", args=(name,)))[0]
+        if "meta" not in res:
+            return _err(res.get("message") or res.get("error", "failed"), int(res.get("error_code") or 500))
+        return res["meta"]
+
+    @r.post("/v1/snapshots/{name}/evals")
+    async def add_eval(name: str, request: Request):
+        if (g := plugin._guard(request)) is not None:
+            return g
+        doc = await _json(request)
+        if doc is None:
+            return _err("body must be a JSON object (an eval report)", 400)
+        return await run("annotate", {"name": name, "eval": doc})
+
+    @r.post("/v1/rollback")
+    async def rollback(request: Request):
+        if (g := plugin._guard(request)) is not None:
+            return g
+        doc = await _json(request)
+        if doc is None or not isinstance(doc.get("to"), str):
+            return _err('body must be {"to": "base" | "<snapshot name>"}', 400)
+        return await run("restore", {"to": doc["to"]})

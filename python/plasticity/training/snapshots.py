@@ -1,0 +1,335 @@
+"""Task vectors of the live model: named snapshots, rollback, composition, the forgetting guard.
+
+A snapshot is the task vector ``τ = W_live − W_base`` of every trainable tensor,
+under the transformers (HF) parameter names, in ``<snapshot_dir>/<name>/``:
+
+- ``task_vector.safetensors``: δ in float64 for float32 weights, float32 for
+  bf16/f16 weights (wide enough that ``base + τ`` gives the live tensor back bit
+  for bit; ``meta.json["not_exact"]`` counts elements where it cannot);
+- ``meta.json``: what produced it (steps, examples, lr, Apollo settings, held-out
+  perplexity, parent snapshot, model fingerprint).
+
+Both are written into a hidden temporary folder that is fsync'd and renamed into
+place: a crash mid-write leaves every earlier snapshot intact (names are
+immutable: saving over an existing name is refused).
+
+The base is kept exactly without a copy in memory: the trainable tensors are
+read back from the model's safetensors files and checked bit for bit against
+the live weights before anything is trained (:class:`BaseWeights`); a tensor
+that does not match (a transformed checkpoint) is copied into memory instead,
+and the status says how many bytes that costs.
+
+Everything that changes the live weights runs on the training thread between
+steps (``Trainer.call``), one tensor at a time, each tensor written under the
+serving lock, so a forward sees each tensor either before or after the change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from plasticity.taskvec.files import SafetensorsFile, SafetensorsWriter, TaskVectorError
+from plasticity.taskvec.merge import add_delta_, delta_of, roundtrip_report, task_arithmetic, ties
+
+log = logging.getLogger("vllm.plasticity.training")
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+TV_FILE, META_FILE = "task_vector.safetensors", "meta.json"
+# delta dtype per weight dtype: wide enough for an exact base + τ round trip
+_WIDE = {torch.float32: torch.float64, torch.bfloat16: torch.float32, torch.float16: torch.float32}
+
+
+class SnapshotError(ValueError):
+    """A refused request; ``code`` is the HTTP status the API answers with."""
+
+    def __init__(self, msg: str, code: int = 400):
+        super().__init__(msg)
+        self.code = code
+
+
+def fingerprint(model) -> str:
+    """Identity of an architecture instance: model type + every parameter name and shape."""
+    h = hashlib.sha256(str(getattr(model.config, "model_type", "")).encode())
+    for n, p in sorted(model.named_parameters()):
+        h.update(f"\0{n}:{list(p.shape)}".encode())
+    return h.hexdigest()[:32]
+
+
+class BaseWeights:
+    """Exact pre-training values of the trainable tensors (see module docstring)."""
+
+    def __init__(self, model_dir: str | os.PathLike, params: dict[str, torch.Tensor]):
+        t0 = time.time()
+        self.files: dict[str, SafetensorsFile] = {}
+        self.where: dict[str, str] = {}
+        self.memory: dict[str, torch.Tensor] = {}
+        index = {}
+        d = Path(model_dir)
+        for f in sorted(d.glob("*.safetensors")) if d.is_dir() else []:
+            try:
+                sf = SafetensorsFile(f)
+            except TaskVectorError as e:
+                log.warning("plasticity: base weights: %s", e)
+                continue
+            self.files[str(f)] = sf
+            for n in sf.names:
+                index.setdefault(n, str(f))
+        for n, live in params.items():
+            f = index.get(n)
+            if f is not None:
+                t = self.files[f].get(n)
+                if t.shape == live.shape and torch.equal(t.to(live.dtype), live.detach()):
+                    self.where[n] = f
+                    continue
+            self.memory[n] = live.detach().clone()  # not reproducible from the files: keep it
+        self.verify_seconds = time.time() - t0
+        log.info("plasticity: base weights: %d tensors from the model files, %d copied (%d bytes), %.1f s",
+                 len(self.where), len(self.memory), self.memory_bytes, self.verify_seconds)
+
+    @property
+    def memory_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.memory.values())
+
+    def get(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        if name in self.memory:
+            return self.memory[name].clone()
+        return self.files[self.where[name]].get(name).to(like.dtype).contiguous()
+
+    def info(self) -> dict:
+        return {"from_files": len(self.where), "in_memory": len(self.memory), "memory_bytes": self.memory_bytes,
+                "verify_seconds": round(self.verify_seconds, 3)}
+
+
+class Snapshots:
+    """The snapshot folder plus the live operations on one worker's trainable tensors."""
+
+    def __init__(self, root: str | os.PathLike, params: dict[str, torch.Tensor], base: BaseWeights,
+                 lock, fp: str, model_path: str = ""):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        for stale in self.root.glob(".tmp-*"):  # a crash mid-write: never renamed into place
+            shutil.rmtree(stale, ignore_errors=True)
+        self.params, self.base, self.lock, self.fp, self.model_path = params, base, lock, fp, model_path
+        self.current: str | None = None  # the snapshot the live weights were last set to / saved as
+
+    # ---- folder ----
+    def _dir(self, name: str) -> Path:
+        if not isinstance(name, str) or not NAME_RE.match(name) or name == "base":
+            raise SnapshotError(f"bad snapshot name {name!r}: letters, digits, '.', '_', '-' (≤ 64), not 'base'")
+        return self.root / name
+
+    def meta(self, name: str) -> dict:
+        d = self._dir(name)
+        try:
+            return json.loads((d / META_FILE).read_text())
+        except FileNotFoundError:
+            raise SnapshotError(f"unknown snapshot {name!r}", 404) from None
+        except ValueError as e:
+            raise SnapshotError(f"snapshot {name!r}: unreadable metadata ({e})", 422) from None
+
+    def list(self) -> list[dict]:
+        out = []
+        for d in sorted(self.root.iterdir()) if self.root.exists() else []:
+            if d.is_dir() and not d.name.startswith(".") and (d / META_FILE).exists():
+                try:
+                    out.append(json.loads((d / META_FILE).read_text()))
+                except ValueError:
+                    out.append({"name": d.name, "error": "unreadable metadata"})
+        return sorted(out, key=lambda m: m.get("created", 0))
+
+    def _open(self, name: str) -> SafetensorsFile:
+        """Open a snapshot and check it belongs to this model and this trainable set."""
+        meta = self.meta(name)
+        if meta.get("model_fingerprint") != self.fp:
+            raise SnapshotError(f"snapshot {name!r} is from another model (fingerprint "
+                                f"{meta.get('model_fingerprint')!r}, this model {self.fp!r})", 409)
+        try:
+            f = SafetensorsFile(self._dir(name) / TV_FILE)
+        except TaskVectorError as e:
+            raise SnapshotError(f"snapshot {name!r}: {e}", 422) from None
+        for n, info in f.tensors.items():
+            if n not in self.params:
+                raise SnapshotError(f"snapshot {name!r} has tensor {n!r}, which is not trainable here", 409)
+            if tuple(info.shape) != tuple(self.params[n].shape):
+                raise SnapshotError(f"snapshot {name!r}: {n} has shape {list(info.shape)}, the model "
+                                    f"{list(self.params[n].shape)}", 409)
+        return f
+
+    # ---- save ----
+    def save(self, name: str, extra: dict) -> dict:
+        final = self._dir(name)
+        if final.exists():
+            raise SnapshotError(f"snapshot {name!r} exists; names are immutable", 409)
+        tmp = self.root / f".tmp-{name}-{os.getpid()}-{time.time_ns()}"
+        tmp.mkdir()
+        try:
+            names = sorted(self.params)
+            wide = {n: _WIDE[self.params[n].dtype] for n in names}
+            not_exact = elements = 0
+            sq = 0.0
+            meta = {"format": "pt", "plasticity": "task_vector", "model_fingerprint": self.fp}
+            with SafetensorsWriter(tmp / TV_FILE, [(n, wide[n], self.params[n].shape) for n in names], meta) as w:
+                for n in names:
+                    live = self.params[n].detach()
+                    base = self.base.get(n, live)
+                    d = delta_of(live, base)
+                    rt = roundtrip_report(live, base)
+                    not_exact += rt.not_exact
+                    elements += rt.elements
+                    sq += float(d.double().square().sum())
+                    w.write(n, d)
+            m = {"name": name, "created": time.time(), "parent": self.current, "model": self.model_path,
+                 "model_fingerprint": self.fp, "tensors": len(names), "elements": elements,
+                 "delta_dtypes": sorted({str(t).removeprefix("torch.") for t in wide.values()}),
+                 "norm": math.sqrt(sq), "not_exact": not_exact, "exact_roundtrip": not_exact == 0, **extra}
+            _write_json(tmp / META_FILE, m)
+            _fsync_dir(tmp)
+            os.rename(tmp, final)
+            _fsync_dir(self.root)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.current = name
+        return m
+
+    def update_meta(self, name: str, **fields) -> dict:
+        m = {**self.meta(name), **fields}
+        tmp = self._dir(name) / (META_FILE + ".tmp")
+        _write_json(tmp, m)
+        os.replace(tmp, self._dir(name) / META_FILE)
+        _fsync_dir(self._dir(name))
+        return m
+
+    # ---- live edits ----
+    def _write_live(self, n: str, new: torch.Tensor) -> None:
+        with self.lock, torch.no_grad():
+            self.params[n].copy_(new)
+
+    def restore(self, name: str | None) -> dict:
+        """Live weights := base (+ τ of ``name``), bit-identical to the state that was saved."""
+        f = self._open(name) if name is not None else None
+        for n in sorted(self.params):
+            live = self.params[n]
+            new = self.base.get(n, live)
+            if f is not None and n in f.tensors:
+                add_delta_(new, f.get(n))
+            self._write_live(n, new)
+        self.current = name
+        return {"restored": name or "base"}
+
+    def add(self, name: str, scale: float) -> dict:
+        """Live weights += scale·τ (negate: scale −1)."""
+        if not (isinstance(scale, (int, float)) and math.isfinite(scale)):
+            raise SnapshotError(f"scale must be a finite number, got {scale!r}")
+        f = self._open(name)
+        for n in f.names:
+            new = self.params[n].detach().clone()
+            add_delta_(new, f.get(n), float(scale))
+            self._write_live(n, new)
+        self.current = None
+        return {"added": name, "scale": scale}
+
+    def merge(self, method: str, names: list[str], weights=None, lam: float = 1.0, density=None,
+              normalize: bool | None = None) -> dict:
+        """Live weights := base + merge(τ_names) (task arithmetic or TIES, mergekit semantics)."""
+        if method not in ("ties", "task_arithmetic"):
+            raise SnapshotError(f"method must be 'ties' or 'task_arithmetic', got {method!r}")
+        if not isinstance(names, list) or not names:
+            raise SnapshotError("'snapshots' must be a non-empty list of snapshot names")
+        if weights is not None and (not isinstance(weights, list) or len(weights) != len(names)):
+            raise SnapshotError(f"'weights' must be a list of {len(names)} numbers")
+        if density is not None and method != "ties":
+            raise SnapshotError("'density' applies to method 'ties' only")
+        normalize = (method == "ties") if normalize is None else bool(normalize)
+        kw = {} if density is None else {"density": density}
+        probe = [torch.zeros(1)] * len(names)
+        try:  # every argument checked by the same code before a single live tensor changes
+            ties(probe, weights, lam=lam, normalize=normalize, **kw) if method == "ties" else \
+                task_arithmetic(probe, weights, lam, normalize=normalize)
+        except TaskVectorError as e:
+            raise SnapshotError(str(e)) from None
+        files = [self._open(n) for n in names]
+        for n in sorted(self.params):
+            live = self.params[n]
+            ds = [f.get(n) if n in f.tensors else torch.zeros(live.shape, dtype=torch.float32) for f in files]
+            if method == "ties":
+                delta = ties(ds, weights, lam=lam, normalize=normalize, **kw)
+            else:
+                delta = task_arithmetic(ds, weights, lam, normalize=normalize)
+            new = self.base.get(n, live)
+            add_delta_(new, delta)
+            self._write_live(n, new)
+        self.current = None
+        return {"merged": names, "method": method}
+
+
+def _write_json(path: Path, obj) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Guard:
+    """The forgetting guard: every ``every`` steps, held-out perplexity vs the last good
+    snapshot's; above it by more than ``threshold`` → pause training, roll the live weights
+    back to that snapshot, record the event."""
+
+    def __init__(self, snaps: Snapshots, every: int, threshold: float):
+        self.snaps, self.every, self.threshold = snaps, every, threshold
+        self.ref_name: str | None = None  # None = the base
+        self.ref_ppl: float | None = None
+        self.events: list[dict] = []
+
+    def set_reference(self, name: str | None, ppl: float | None) -> None:
+        self.ref_name, self.ref_ppl = name, ppl
+
+    def check(self, trainer) -> dict | None:
+        if not self.every or trainer.stats["step"] % self.every:
+            return None
+        ppl = trainer.heldout_ppl()
+        if ppl is None:
+            return None
+        trainer.stats["heldout_ppl"], trainer.stats["heldout_step"] = ppl, trainer.stats["step"]
+        if self.ref_ppl is None:
+            self.ref_ppl = ppl
+            return None
+        limit = self.ref_ppl * (1 + self.threshold)
+        if ppl <= limit and math.isfinite(ppl):
+            return None
+        trainer.paused.set()
+        self.snaps.restore(self.ref_name)
+        trainer.reset_optimizer()
+        after = trainer.heldout_ppl()
+        ev = {"time": time.time(), "step": trainer.stats["step"], "heldout_ppl": ppl, "limit": limit,
+              "reference": self.ref_name or "base", "reference_ppl": self.ref_ppl, "heldout_ppl_after": after,
+              "action": "paused training and rolled back"}
+        self.events.append(ev)
+        trainer.stats["heldout_ppl"] = after
+        log.warning("plasticity: forgetting guard: held-out perplexity %.3f > %.3f (%s %.3f + %.0f%%) at step %d: "
+                    "training paused, live weights rolled back to %s (perplexity now %.3f)", ppl, limit,
+                    ev["reference"], self.ref_ppl, 100 * self.threshold, ev["step"], ev["reference"], after)
+        return ev
+
+    def status(self) -> dict:
+        return {"enabled": bool(self.every), "every": self.every, "threshold": self.threshold,
+                "reference": self.ref_name or "base", "reference_ppl": self.ref_ppl, "trips": len(self.events),
+                "events": self.events[-10:]}
