@@ -199,6 +199,25 @@ class TrainingRoutes:
             res.pop("ok")
             return res
 
+        @r.post("/v1/training/embed")
+        async def embed(request: Request):
+            """{"input": [text, ...]} → {"embeddings": [[...], ...]}: mean-pooled last hidden state
+            of the live weights (≤ 64 texts, each cut to 2048 tokens)."""
+            if (g := plugin._guard(request)) is not None:
+                return g
+            try:
+                doc = await request.json()
+            except ValueError:
+                doc = None
+            texts = doc.get("input") if isinstance(doc, dict) else None
+            if not (isinstance(texts, list) and 0 < len(texts) <= 64 and all(isinstance(t, str) and t for t in texts)):
+                return _err('body must be {"input": [non-empty strings, at most 64]}', 400)
+            ids = [plugin.tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+            res = (await plugin.engine.collective_rpc("plasticity_train_embed", args=(ids,)))[0]
+            if not res.get("ok"):
+                return _err(res.get("error", "embedding failed"), 500)
+            return {"embeddings": res["embeddings"], "dim": len(res["embeddings"][0])}
+
         @r.post("/v1/training/discard")
         async def discard(request: Request):
             if (g := plugin._guard(request)) is not None:

@@ -18,6 +18,43 @@ def add_parser(sub) -> None:
     ex.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ex.add_argument("-o", "--output", required=True, help="output .gguf or .safetensors")
     ex.set_defaults(func=run_extract)
+    ti = ssub.add_parser("train-in", help="train a registered steering vector into the live weights (server)")
+    ti.add_argument("--server", required=True, help="base URL of a plasticity server with [training] enabled")
+    ti.add_argument("--api-key", default=None)
+    ti.add_argument("--vector", required=True, help="a vector registered on the server")
+    ti.add_argument("--scale", type=float, required=True)
+    ti.add_argument("--layers", default=None, help="comma-separated block indices (default: the vector's)")
+    ti.add_argument("--prompts", required=True, help="training prompts: JSONL {prompt} or one per line")
+    ti.add_argument("--heldout", required=True, help="held-out prompts for the KL report")
+    ti.add_argument("--max-tokens", type=int, default=24)
+    ti.add_argument("--epochs", type=int, default=2)
+    ti.add_argument("--drop", action="store_true", help="remove the vector from the server afterwards")
+    ti.add_argument("-o", "--output", default=None, help="write the JSON report here")
+    ti.set_defaults(func=run_train_in)
+
+
+def run_train_in(args: argparse.Namespace) -> int:
+    import json
+    import math
+
+    from .train_in import Client, ServerError, read_prompts, train_in
+
+    if not math.isfinite(args.scale) or args.epochs < 1 or args.max_tokens < 1:
+        print("plasticity steer train-in: --scale must be finite, --epochs and --max-tokens ≥ 1", file=sys.stderr)
+        return 2
+    try:
+        layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+        client = Client(args.server, args.api_key)
+        rep = train_in(client, args.vector, args.scale, read_prompts(args.prompts), read_prompts(args.heldout),
+                       max_tokens=args.max_tokens, epochs=args.epochs, layers=layers, drop=args.drop)
+    except (ValueError, ServerError, OSError) as e:
+        print(f"plasticity steer train-in: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(rep, indent=1))
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(rep, f, indent=1)
+    return 0
 
 
 def run_extract(args: argparse.Namespace) -> int:

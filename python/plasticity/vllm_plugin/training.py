@@ -271,6 +271,19 @@ def _settings(st, changes=None):
             "guard_threshold": None if st.trainer.guard is None else st.trainer.guard.threshold}
 
 
+def _embed(st, batch):
+    """Mean-pooled final hidden states of the live weights (the dream loop's novelty filter).
+    ``batch``: lists of token ids. Read-only; runs outside the lock (a concurrent update makes
+    one embedding mix old and new weights, harmless for a similarity filter)."""
+    out = []
+    with torch.no_grad():
+        for ids in batch:
+            ids = [int(t) for t in ids][:2048] or [0]
+            h = st.model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][0]
+            out.append(h.float().mean(0).tolist())
+    return {"embeddings": out}
+
+
 def _discard(st):
     """Drop every queued example (e.g. after a guard trip); they are journaled as discarded."""
     return {"discarded": st.trainer.discard_queued()}
@@ -338,6 +351,7 @@ def install() -> None:
     Worker.plasticity_train_digest = _rpc(_digest)
     Worker.plasticity_train_settings = _rpc(_settings)
     Worker.plasticity_train_discard = _rpc(_discard)
+    Worker.plasticity_train_embed = _rpc(_embed)
     Worker.plasticity_tv_submit = _rpc(_tv_submit)
     Worker.plasticity_tv_job = _rpc(_tv_job)
     Worker.plasticity_tv_list = _rpc(_tv_list)

@@ -1,0 +1,202 @@
+"""Task vectors on the real vLLM CPU server (qwen3-tiny, float32): snapshots, bit-identical
+rollback and negation, the merge of two behaviours trained separately, and the forgetting
+guard catching a harmful run. Figures are printed (-s) and written to
+$PLASTICITY_BENCH_OUT/snapshots_e2e.json when set."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.request
+
+import pytest
+
+import training_support as ts
+from test_training_serving import _rpc
+
+from plasticity.eval.behaviour import behaviour_files, load_tests, run_tests, server_generator
+
+pytestmark = pytest.mark.vllm
+REPORT: dict = {}
+
+
+@pytest.fixture
+def tv_server(vllm_servers, tmp_path_factory):
+    from conftest import _steering_server
+
+    key = ("tv-qwen3",)
+    if vllm_servers.current and vllm_servers.current[0] == key:
+        return vllm_servers.current[1]
+    root = tmp_path_factory.mktemp("tv")
+    cfg = ts.write_config(root, snapshot_dir=str(root / "snapshots"), guard_every=4, guard_threshold=0.5)
+    (root / "vectors").mkdir()
+    cfg.write_text(cfg.read_text() + '\n[steering]\nadmin = true\nvectors_dir = "vectors"\nmax_abs_scale = 1000.0\n')
+    env = {**ts.plugin_env(cfg), "VLLM_SERVER_DEV_MODE": "1"}
+    srv = _steering_server(vllm_servers, tmp_path_factory, key, env, extra_args=("--api-key", ts.API_KEY))
+    srv.served_model_name = srv.model
+    srv.root = root
+    return srv
+
+
+def _ok(code, out, want=200):
+    assert code == want, out
+    return out
+
+
+def _sha(srv):
+    return _rpc(srv, "plasticity_train_digest", "")["sha256"]
+
+
+def _teach(srv, behaviour, epochs=4):
+    lines = [json.dumps({k: v for k, v in json.loads(l).items() if k in ("context", "decision")})
+             for l in behaviour_files(behaviour)["train"].read_text().splitlines() if l.strip()][:40]
+    st0 = ts.status(srv)
+    body = "\n".join(lines * epochs).encode()
+    _ok(*ts.request(srv, "POST", "/v1/training/examples", raw=body, ctype="application/jsonl"), want=202)
+    return ts.wait_done(srv, st0["examples_done"] + len(lines) * epochs, timeout=900)
+
+
+def _pass_rate(srv, behaviour):
+    gen = server_generator(srv.url, api_key=ts.API_KEY, model=srv.served_model_name)
+    tests = [t for t in load_tests(behaviour_files(behaviour)["tests"]) if not t.id.startswith("control")]
+    return run_tests(gen, tests)["pass_rate"]
+
+
+def test_snapshots_rollback_negate_and_merge(tv_server):
+    srv = tv_server
+    base_sha = _sha(srv)
+    rates0 = {b: _pass_rate(srv, b) for b in ("ticket-reply", "refusal")}
+    # A from base
+    _teach(srv, "ticket-reply")
+    a_sha = _sha(srv)
+    meta_a = _ok(*ts.request(srv, "POST", "/v1/snapshots", {"name": "A", "note": "ticket reply"}), want=201)
+    assert meta_a["exact_roundtrip"] and meta_a["heldout_ppl"] > 0 and meta_a["training"]["optimizer"] == "apollo"
+    rate_a = _pass_rate(srv, "ticket-reply")
+    # back to base, bit-identical; B from base
+    _ok(*ts.request(srv, "POST", "/v1/rollback", {"to": "base"}))
+    assert _sha(srv) == base_sha
+    _teach(srv, "refusal")
+    _ok(*ts.request(srv, "POST", "/v1/snapshots", {"name": "B"}), want=201)
+    b_sha = _sha(srv)
+    rate_b = _pass_rate(srv, "refusal")
+    # rollback to A: bit-identical; negating A from there: base, bit-identical
+    _ok(*ts.request(srv, "POST", "/v1/rollback", {"to": "A"}))
+    assert _sha(srv) == a_sha
+    _ok(*ts.request(srv, "POST", "/v1/snapshots/apply", {"method": "negate", "snapshot": "A"}))
+    assert _sha(srv) == base_sha
+    # merges of A and B applied to the live model
+    merged = {}
+    for spec in ({"method": "task_arithmetic", "snapshots": ["A", "B"], "weights": [1.0, 1.0]},
+                 {"method": "ties", "snapshots": ["A", "B"], "density": 0.5, "lambda": 1.0}):
+        _ok(*ts.request(srv, "POST", "/v1/snapshots/apply", spec))
+        merged[spec["method"]] = {b: _pass_rate(srv, b) for b in ("ticket-reply", "refusal")}
+    listed = _ok(*ts.request(srv, "GET", "/v1/snapshots"))
+    assert [s["name"] for s in listed["snapshots"]] == ["A", "B"] and listed["base"]["in_memory"] == 0
+    _ok(*ts.request(srv, "POST", "/v1/rollback", {"to": "B"}))
+    assert _sha(srv) == b_sha
+    _ok(*ts.request(srv, "POST", "/v1/rollback", {"to": "base"}))
+    REPORT.update(pass_rates_base=rates0, pass_rate_A=rate_a, pass_rate_B=rate_b, merged=merged,
+                  heldout_ppl_A=meta_a["heldout_ppl"])
+    print("\nSNAPSHOTS E2E", json.dumps(REPORT, indent=1))
+    assert rate_a >= 0.75 and rate_b >= 0.75, REPORT
+    # The merged pass rates are reported, not asserted: on this 4-layer model every merge we
+    # tried (task arithmetic λ 0.5-1, TIES density 0.2-1, λ 1-2) loses both behaviours
+    # (docs/task-vectors.md "Merging behaviours on the tiny model"). The issue's goal is open.
+    assert all(0.0 <= v <= 1.0 for m in merged.values() for v in m.values()), REPORT
+
+
+@pytest.mark.parametrize("path,body,code", [
+    ("/v1/rollback", {"to": "no-such-snapshot"}, 404),
+    ("/v1/rollback", {"to": "../etc"}, 400),
+    ("/v1/rollback", {}, 400),
+    ("/v1/snapshots", {"name": "A"}, 409),  # names are immutable
+    ("/v1/snapshots/apply", {"method": "ties", "snapshots": ["A", "B"], "density": 0}, 400),
+    ("/v1/snapshots/apply", {"method": "ties", "snapshots": ["A", "B"], "density": 1.5}, 400),
+    ("/v1/snapshots/apply", {"method": "task_arithmetic", "snapshots": ["A"], "weights": [1, 2]}, 400),
+    ("/v1/snapshots/apply", {"method": "task_arithmetic", "snapshots": ["A", "missing"]}, 404),
+    ("/v1/snapshots/apply", {"method": "dare", "snapshots": ["A"]}, 400),
+    ("/v1/snapshots/apply", {"method": "add", "snapshot": "A", "scale": "x"}, 400),
+])
+def test_bad_snapshot_requests_change_nothing(tv_server, path, body, code):
+    srv = tv_server
+    before = _sha(srv)
+    got, out = ts.request(srv, "POST", path, body)
+    assert got == code, out
+    assert "message" in out["error"]
+    assert _sha(srv) == before
+
+
+def test_snapshot_from_another_model_is_refused(tv_server):
+    srv = tv_server
+    meta_path = srv.root / "snapshots" / "B" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    (srv.root / "snapshots" / "alien").mkdir()
+    (srv.root / "snapshots" / "alien" / "meta.json").write_text(json.dumps({**meta, "name": "alien",
+                                                                            "model_fingerprint": "f" * 32}))
+    before = _sha(srv)
+    code, out = ts.request(srv, "POST", "/v1/rollback", {"to": "alien"})
+    assert code == 409 and "another model" in out["error"]["message"]
+    assert _sha(srv) == before
+
+
+TRAIN_IN_PROMPTS = [f"The {w} of the" for w in ("function", "class", "module", "value", "list", "string", "type",
+                                                  "object", "method", "file", "name", "test", "error", "line",
+                                                  "code", "loop")]
+HELD_IN_PROMPTS = [f"A {w} is" for w in ("dictionary", "tuple", "variable", "package", "decorator", "generator",
+                                         "iterator", "exception")]
+
+
+def test_train_steering_vector_in(tv_server):
+    """Generate with a steering vector on, train the unsteered weights toward it, drop the vector:
+    KL(steered ‖ unsteered) on held-out prompts must fall."""
+    import steering_support as ss
+    from plasticity.steering.train_in import Client, train_in
+
+    srv = tv_server
+    vec = {str(l): v.tolist() for l, v in ss.unit_vectors(7, [1, 2], norm=300.0).items()}
+    _ok(*ts.request(srv, "POST", "/v1/steering/vectors", {"name": "style", "values": vec}))
+    rep = train_in(Client(srv.url, ts.API_KEY, srv.served_model_name), "style", 1.0, TRAIN_IN_PROMPTS,
+                   HELD_IN_PROMPTS, max_tokens=16, epochs=5, drop=True)
+    REPORT["train_steering_in"] = rep
+    print("\nTRAIN-IN", json.dumps(rep, indent=1))
+    assert rep["kl_before"] > 0.2, rep  # the vector does change the model
+    assert rep["kl_after"] < 0.7 * rep["kl_before"], rep  # measured: 0.455 → 0.244 after 3 epochs
+    code, _ = ts.request(srv, "GET", "/v1/steering/vectors")
+    assert "style" not in json.dumps(_), "the vector was not dropped"
+
+
+def test_guard_catches_a_harmful_run(tv_server):
+    srv = tv_server
+    _ok(*ts.request(srv, "POST", "/v1/rollback", {"to": "A"}))
+    ref = _ok(*ts.request(srv, "GET", "/v1/snapshots/A"))
+    a_sha = _sha(srv)
+    trips0 = ts.status(srv)["guard"]["trips"]
+    # teaching A and B may lift perplexity a few % on the way: the guard is armed at 5% for this run
+    _ok(*ts.request(srv, "POST", "/v1/training/settings", {"lr": 1e-2, "guard_threshold": 0.05}))
+    try:
+        bad = [json.dumps({"context": "Say it.", "decision": "zzz qqq zzz qqq zzz qqq"})] * 24
+        _ok(*ts.request(srv, "POST", "/v1/training/examples", raw="\n".join(bad).encode(),
+                        ctype="application/jsonl"), want=202)
+        t0 = time.time()
+        while (st := ts.status(srv))["guard"]["trips"] == trips0:
+            assert time.time() - t0 < 600, st
+            time.sleep(0.5)
+    finally:
+        _ok(*ts.request(srv, "POST", "/v1/training/settings", {"lr": 1e-3}))
+    ev = st["guard"]["events"][-1]
+    assert st["paused"] and ev["reference"] == "A"
+    assert ev["heldout_ppl"] > ev["reference_ppl"] * 1.05
+    assert _sha(srv) == a_sha  # rolled back bit-identically
+    assert ev["heldout_ppl_after"] == ref["heldout_ppl"]  # ... so perplexity equals the snapshot's
+    with urllib.request.urlopen(srv.url + "/metrics", timeout=30) as r:
+        metrics = r.read().decode()
+    assert any(l.startswith("plasticity_guard_rollbacks_total") and float(l.split()[-1]) >= 1
+               for l in metrics.splitlines()), [l for l in metrics.splitlines() if "plasticity" in l]
+    dropped = _ok(*ts.request(srv, "POST", "/v1/training/discard"))["discarded"]
+    _ok(*ts.request(srv, "POST", "/v1/training/resume"))
+    REPORT.update(guard_event=ev, discarded_after_trip=dropped)
+    print("\nGUARD", json.dumps(ev, indent=1))
+    if os.environ.get("PLASTICITY_BENCH_OUT"):
+        with open(os.path.join(os.environ["PLASTICITY_BENCH_OUT"], "snapshots_e2e.json"), "w") as f:
+            json.dump(REPORT, f, indent=1)
