@@ -557,7 +557,8 @@ def test_two_processes_writing_at_once(db):
     code = ("import sys\nfrom plasticity.memory import MemoryStore\n"
             "s = MemoryStore(sys.argv[1])\n"
             "for i in range(40):\n    s.add_note(f'{sys.argv[2]} {i}', [sys.argv[2]])\n")
-    env = dict(os.environ, PYTHONPATH=str(REPO / "python"))
+    # the child imports plasticity exactly as this process does (installed wheel or source tree)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     procs = [subprocess.Popen([sys.executable, "-c", code, str(db), tag], env=env) for tag in ("p1", "p2")]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     with MemoryStore(db) as s:
