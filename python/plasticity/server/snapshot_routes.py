@@ -21,20 +21,14 @@ import time
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
+from .training_routes import json_object
+
 JOB_TIMEOUT_S = 1800
 
 
 def _err(msg: str, code: int) -> JSONResponse:
     return JSONResponse({"error": {"message": msg, "type": "BadRequestError" if code < 500 else "Error",
                                    "code": code}}, status_code=code)
-
-
-async def _json(request: Request):
-    try:
-        doc = await request.json()
-    except Exception:  # noqa: BLE001
-        return None
-    return doc if isinstance(doc, dict) else None
 
 
 def attach(r, plugin) -> None:
@@ -64,7 +58,7 @@ def attach(r, plugin) -> None:
     async def save(request: Request):
         if (g := plugin._guard(request)) is not None:
             return g
-        doc = await _json(request)
+        doc = await json_object(request)
         if doc is None or not isinstance(doc.get("name"), str):
             return _err('body must be {"name": "...", "note"?: "..."}', 400)
         if "note" in doc and not isinstance(doc["note"], str):
@@ -75,7 +69,7 @@ def attach(r, plugin) -> None:
     async def apply(request: Request):
         if (g := plugin._guard(request)) is not None:
             return g
-        doc = await _json(request)
+        doc = await json_object(request)
         if doc is None:
             return _err("body must be a JSON object", 400)
         return await run("apply", doc)
@@ -93,7 +87,7 @@ def attach(r, plugin) -> None:
     async def add_eval(name: str, request: Request):
         if (g := plugin._guard(request)) is not None:
             return g
-        doc = await _json(request)
+        doc = await json_object(request)
         if doc is None:
             return _err("body must be a JSON object (an eval report)", 400)
         return await run("annotate", {"name": name, "eval": doc})
@@ -102,7 +96,7 @@ def attach(r, plugin) -> None:
     async def rollback(request: Request):
         if (g := plugin._guard(request)) is not None:
             return g
-        doc = await _json(request)
+        doc = await json_object(request)
         if doc is None or not isinstance(doc.get("to"), str):
             return _err('body must be {"to": "base" | "<snapshot name>"}', 400)
         return await run("restore", {"to": doc["to"]})

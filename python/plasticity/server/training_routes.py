@@ -39,6 +39,15 @@ def _err(msg: str, code: int) -> JSONResponse:
                                    "code": code}}, status_code=code)
 
 
+async def json_object(request: Request) -> dict | None:
+    """The request body as a JSON object, or None when it is not one."""
+    try:
+        doc = await request.json()
+    except Exception:  # noqa: BLE001 - malformed JSON or bad encoding: the caller answers 400
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
 class ExampleError(ValueError):
     def __init__(self, msg, code=400):
         super().__init__(msg)
@@ -187,11 +196,8 @@ class TrainingRoutes:
         async def settings(request: Request):
             if (g := plugin._guard(request)) is not None:
                 return g
-            try:
-                doc = await request.json()
-            except ValueError:
-                doc = None
-            if not isinstance(doc, dict):
+            doc = await json_object(request)
+            if doc is None:
                 return _err('body must be a JSON object, e.g. {"lr": 1e-5}', 400)
             res = (await plugin.engine.collective_rpc("plasticity_train_settings", args=(doc,)))[0]
             if not res.get("ok"):
@@ -205,11 +211,8 @@ class TrainingRoutes:
             of the live weights (≤ 64 texts, each cut to 2048 tokens)."""
             if (g := plugin._guard(request)) is not None:
                 return g
-            try:
-                doc = await request.json()
-            except ValueError:
-                doc = None
-            texts = doc.get("input") if isinstance(doc, dict) else None
+            doc = await json_object(request)
+            texts = doc.get("input") if doc is not None else None
             if not (isinstance(texts, list) and 0 < len(texts) <= 64 and all(isinstance(t, str) and t for t in texts)):
                 return _err('body must be {"input": [non-empty strings, at most 64]}', 400)
             ids = [plugin.tok(t, add_special_tokens=False)["input_ids"] for t in texts]
