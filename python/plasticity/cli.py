@@ -17,6 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="cmd")
     sub.add_parser("serve", help="vllm serve with the plasticity plugins: plasticity serve MODEL [vllm args] [--config F]")
+    from .dream.cli import add_parser as add_dream
     from .eval.cli import add_parser as add_eval
     from .memory.cli import add_parser as add_memory
     from .steering.cli import add_parser as add_steer
@@ -26,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     add_tv(sub)
     add_eval(sub)
     add_memory(sub)
+    add_dream(sub)
     args = parser.parse_args(argv)
     if args.version:
         from . import __version__

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import hashlib
+import re
 import json
 import secrets
 import time
@@ -31,6 +32,7 @@ from plasticity.training import config as training_config
 from plasticity.training.core import Journal
 
 MAX_BODY = 16 << 20
+ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 log = logging.getLogger("vllm.plasticity.training")
 
 
@@ -114,6 +116,9 @@ class TrainingRoutes:
         if not isinstance(ex, dict):
             raise ExampleError(f"example {i}: must be an object with 'context' and 'decision'")
         unknown = set(ex) - {"context", "messages", "decision", "eos", "id"}
+        rid = ex.get("id")
+        if rid is not None and not (isinstance(rid, str) and ID_RE.fullmatch(rid)):
+            raise ExampleError(f"example {i}: 'id' must be 1-128 characters of letters, digits, . _ : -")
         if unknown:
             raise ExampleError(f"example {i}: unknown fields {sorted(unknown)}")
         ctx = ex.get("messages", ex.get("context"))
@@ -148,7 +153,8 @@ class TrainingRoutes:
         if len(ctx_ids) + len(dec_ids) > cfg.max_example_tokens:
             raise ExampleError(f"example {i}: {len(ctx_ids) + len(dec_ids)} tokens, more than "
                                f"max_example_tokens = {cfg.max_example_tokens}", 413)
-        return {"id": "ex-" + uuid.uuid4().hex, "context": [int(t) for t in ctx_ids],
+        # a client id (e.g. the dream loop's) makes a resubmission after a crash recognisable
+        return {"id": rid or "ex-" + uuid.uuid4().hex, "context": [int(t) for t in ctx_ids],
                 "decision": [int(t) for t in dec_ids], "t": time.time()}
 
     def attach(self, r: APIRouter) -> None:
@@ -232,6 +238,9 @@ class TrainingRoutes:
         from . import snapshot_routes
 
         snapshot_routes.attach(r, plugin)
+        from plasticity.dream import server as dream_server
+
+        dream_server.attach(r, plugin)
 
     async def fetch_status(self) -> dict:
         res = await self.engine.collective_rpc("plasticity_train_status")
@@ -262,3 +271,6 @@ class TrainingRoutes:
             self._poll = asyncio.get_running_loop().create_task(self.metrics.poll(self.fetch_status))
         except Exception as e:  # noqa: BLE001 - no metrics is not a reason to refuse serving
             log.warning("plasticity: training metrics unavailable: %s", e)
+        from plasticity.dream import server as dream_server
+
+        await dream_server.init_state(self, engine_client, args)

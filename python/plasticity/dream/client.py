@@ -1,0 +1,149 @@
+"""A small urllib client for the served model (OpenAI-compatible) and the plasticity routes.
+
+Errors are :class:`DreamHTTPError` with a ``kind``: ``timeout`` (no answer in time),
+``connect`` (refused / unreachable), ``http`` (an error status; ``status`` holds it),
+``garbage`` (a body that is not the JSON expected).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.request
+
+MAX_BODY = 32 << 20
+
+
+class DreamHTTPError(RuntimeError):
+    def __init__(self, kind: str, message: str, status: int | None = None):
+        super().__init__(message)
+        self.kind, self.status = kind, status
+
+
+def _is_timeout(e: BaseException) -> bool:
+    if isinstance(e, (TimeoutError, socket.timeout)):
+        return True
+    r = getattr(e, "reason", None)
+    return isinstance(r, (TimeoutError, socket.timeout)) or "timed out" in str(r or e).lower()
+
+
+def http_json(url: str, method: str = "GET", body=None, *, key: str | None = None, timeout: float = 60.0,
+              raw: bytes | None = None, ctype: str = "application/json") -> tuple[int, object]:
+    """One request; returns ``(status, parsed JSON)`` for 2xx, raises DreamHTTPError otherwise."""
+    headers = {"Content-Type": ctype, "Accept": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            txt = r.read(MAX_BODY + 1)
+            code = r.status
+    except urllib.error.HTTPError as e:
+        try:
+            detail = e.read(4000).decode(errors="replace")
+        except Exception:  # noqa: BLE001
+            detail = ""
+        raise DreamHTTPError("http", f"{method} {url}: HTTP {e.code}: {detail[:500]}", e.code) from None
+    except Exception as e:  # noqa: BLE001 - URLError, socket errors, timeouts, resets
+        if _is_timeout(e):
+            raise DreamHTTPError("timeout", f"{method} {url}: no answer within {timeout:g} s") from None
+        raise DreamHTTPError("connect", f"{method} {url}: {getattr(e, 'reason', None) or e}") from None
+    if len(txt) > MAX_BODY:
+        raise DreamHTTPError("garbage", f"{method} {url}: body larger than {MAX_BODY} bytes")
+    try:
+        return code, json.loads(txt or b"null")
+    except ValueError:
+        raise DreamHTTPError("garbage", f"{method} {url}: body is not JSON: {txt[:200]!r}") from None
+
+
+class ServerClient:
+    """The served model's OpenAI-compatible API plus /v1/training/* of the plasticity plugin."""
+
+    def __init__(self, url: str, api_key: str | None = None, model: str | None = None, timeout: float = 120.0):
+        self.url, self.key, self.timeout = url.rstrip("/"), api_key or None, timeout
+        self._model = model or None
+        self._root = None
+
+    def call(self, method: str, path: str, body=None, *, timeout: float | None = None, **kw):
+        return http_json(self.url + path, method, body, key=self.key, timeout=timeout or self.timeout, **kw)[1]
+
+    def _models(self):
+        doc = self.call("GET", "/v1/models")
+        try:
+            first = doc["data"][0]
+            self._model = self._model or str(first["id"])
+            self._root = first.get("root")
+        except (TypeError, KeyError, IndexError):
+            raise DreamHTTPError("garbage", f"GET /v1/models: unexpected body {str(doc)[:200]}") from None
+
+    @property
+    def model(self) -> str:
+        if self._model is None:
+            self._models()
+        return self._model
+
+    @property
+    def model_root(self) -> str | None:
+        """The model path the server reports (``root`` in /v1/models)."""
+        if self._root is None:
+            self._models()
+        return self._root
+
+    def health(self, timeout: float = 5.0) -> bool:
+        try:
+            http_json(self.url + "/v1/models", key=self.key, timeout=timeout)
+            return True
+        except DreamHTTPError:
+            return False
+
+    def chat(self, messages: list[dict], *, temperature: float, max_tokens: int, top_p: float = 1.0,
+             seed: int | None = None, xargs: dict | None = None, continue_final: bool = False,
+             timeout: float | None = None) -> tuple[str, str, int]:
+        """→ (text, finish_reason, completion tokens)."""
+        body = {"model": self.model, "messages": messages, "temperature": temperature,
+                "max_tokens": max_tokens, "top_p": top_p}
+        if seed is not None:
+            body["seed"] = int(seed)
+        if xargs:
+            body["vllm_xargs"] = dict(xargs)
+        if continue_final:
+            body.update(add_generation_prompt=False, continue_final_message=True)
+        doc = self.call("POST", "/v1/chat/completions", body, timeout=timeout)
+        try:
+            ch = doc["choices"][0]
+            text = ch["message"]["content"] or ""
+            if not isinstance(text, str):
+                raise TypeError
+            n = int((doc.get("usage") or {}).get("completion_tokens") or 0)
+            return text, str(ch.get("finish_reason") or ""), n
+        except (TypeError, KeyError, IndexError, ValueError):
+            raise DreamHTTPError("garbage", f"chat completion: unexpected body {str(doc)[:200]}") from None
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        out = []
+        for i in range(0, len(texts), 64):
+            part = [t if t.strip() else "." for t in texts[i:i + 64]]
+            doc = self.call("POST", "/v1/training/embed", {"input": part})
+            embs = doc.get("embeddings") if isinstance(doc, dict) else None
+            if not (isinstance(embs, list) and len(embs) == len(part)
+                    and all(isinstance(e, list) and e and all(isinstance(x, (int, float)) for x in e) for e in embs)):
+                raise DreamHTTPError("garbage", "POST /v1/training/embed: unexpected body")
+            out.extend([float(x) for x in e] for e in embs)
+        return out
+
+    def submit(self, examples: list[dict]) -> list[str]:
+        """POST /v1/training/examples (JSONL); → the ids the server assigned (journaled, fsync'd)."""
+        raw = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples).encode()
+        doc = self.call("POST", "/v1/training/examples", raw=raw, ctype="application/jsonl")
+        ids = doc.get("ids") if isinstance(doc, dict) else None
+        if not (isinstance(ids, list) and len(ids) == len(examples) and all(isinstance(i, str) for i in ids)):
+            raise DreamHTTPError("garbage", f"POST /v1/training/examples: unexpected body {str(doc)[:200]}")
+        return ids
+
+    def training_status(self) -> dict:
+        doc = self.call("GET", "/v1/training/status")
+        if not isinstance(doc, dict):
+            raise DreamHTTPError("garbage", "GET /v1/training/status: not an object")
+        return doc
