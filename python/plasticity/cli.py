@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("serve", help="vllm serve with the plasticity plugins: plasticity serve MODEL [vllm args] [--config F]")
     from .dream.cli import add_parser as add_dream
     from .eval.cli import add_parser as add_eval
+    from .experiments.cli import add_parser as add_experiment
     from .memory.cli import add_parser as add_memory
     from .steering.cli import add_parser as add_steer
     from .taskvec.cli import add_parser as add_tv
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     add_eval(sub)
     add_memory(sub)
     add_dream(sub)
+    add_experiment(sub)
     args = parser.parse_args(argv)
     if args.version:
         from . import __version__
