@@ -4,6 +4,7 @@
         --heldout heldout.jsonl --tests refusal ticket-reply my-tests.jsonl --out eval-out
     plasticity eval --model path/to/model --tests format-rule --out eval-out
     plasticity eval --scores-matrix sessions.json --out eval-out
+    plasticity eval --server http://localhost:8000 --snapshot A --tests refusal --heldout heldout.jsonl
 
 Writes ``OUT/report.json`` and PNG plots (``pass_rates.png``, ``scores.png``,
 ``perplexity.png``) next to it. Every input file is validated before a model is
@@ -22,6 +23,7 @@ import sys
 from pathlib import Path
 
 from . import behaviour as bh
+from . import snapshot as snp
 from .metrics import MetricsError, continual_metrics
 
 SCORES_FIELDS = ("tasks", "scores", "baseline", "higher_is_better", "heldout_ppl")
@@ -38,10 +40,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--server", metavar="URL", help="an OpenAI-compatible server, e.g. http://localhost:8000")
     src.add_argument("--model", metavar="DIR", help="a transformers model folder, run locally (greedy)")
-    # --- snapshot: reserved for the lead's snapshot store -------------------------------------------------
-    # p.add_argument("--snapshot", metavar="NAME", help="evaluate this snapshot (and its attached tests)")
-    # run() already reads getattr(args, "snapshot", None) and records it in the report.
-    # -------------------------------------------------------------------------------------------------------
+    p.add_argument("--snapshot", metavar="NAME|FOLDER",
+                   help="evaluate a snapshot and append the figures to its metadata: with --server, a snapshot "
+                        "NAME on the server (the live weights are rolled back to it, and stay there); with "
+                        "--model, a snapshot FOLDER (task_vector.safetensors + meta.json) added to the model in "
+                        "memory. Without --tests/--heldout, the files of its last recorded eval are run again")
     p.add_argument("--api-key", default=None, metavar="KEY",
                    help="the server's API key (default: $PLASTICITY_API_KEY, so it stays out of the shell history)")
     p.add_argument("--served-model", metavar="NAME", default=None,
@@ -141,14 +144,39 @@ def run(args: argparse.Namespace) -> int:
     except EvalInputError as e:
         print(f"plasticity eval: {e}", file=sys.stderr)
         return 2
-    except bh.BehaviourFileError as e:
+    except (bh.BehaviourFileError, snp.SnapshotEvalError) as e:
         print(f"plasticity eval: {e}", file=sys.stderr)
         return 2
 
 
+def _snapshot_target(args):
+    """The snapshot to evaluate (or None); fills --tests/--heldout from its attached ones when absent."""
+    name = getattr(args, "snapshot", None)
+    if name is None:
+        return None
+    if args.server:
+        api_key = args.api_key or os.environ.get("PLASTICITY_API_KEY") or None
+        snap = snp.ServerSnapshot(args.server, name, api_key)
+    elif args.model:
+        snap = snp.LocalSnapshot(name)
+    else:
+        raise EvalInputError("--snapshot needs a model: --server URL or --model DIR")
+    try:
+        meta = snap.meta()
+    except bh.EvalHTTPError as e:
+        raise EvalInputError(str(e)) from None
+    if not (args.tests or args.heldout):
+        tests, held = snp.attached_tests(meta)
+        if not (tests or held):
+            raise EvalInputError(f"--snapshot {name}: no tests attached to it yet; give --tests and/or --heldout")
+        args.tests, args.heldout = tests, held
+        print(f"snapshot {snap.name}: running its attached tests ({len(tests)} files"
+              + (", held-out text" if held else "") + ")")
+    return snap
+
+
 def _run(args) -> int:
-    snapshot = getattr(args, "snapshot", None)  # set once the lead adds --snapshot
-    if not (args.heldout or args.tests or args.scores_matrix):
+    if not (args.heldout or args.tests or args.scores_matrix or getattr(args, "snapshot", None)):
         raise EvalInputError("nothing to do: give --heldout, --tests and/or --scores-matrix")
     if (args.heldout or args.tests) and not (args.server or args.model):
         raise EvalInputError("--heldout and --tests need a model: --server URL or --model DIR")
@@ -161,9 +189,15 @@ def _run(args) -> int:
     if args.model and not (Path(args.model) / "config.json").is_file():
         raise EvalInputError(f"--model {args.model}: not a model folder (no config.json)")
 
-    # 1. Validate every input before touching a model or a server.
+    # 1. Validate every input before touching a model or a server (the snapshot's metadata is
+    #    read after the files named on the command line, and its attached files are checked too).
     suites = [(name, path, bh.load_tests(path)) for name, path in resolve_tests(args.tests)]
     texts = bh.read_texts(args.heldout) if args.heldout else None
+    snap = _snapshot_target(args)
+    snapshot = snap.name if snap is not None else None
+    if snap is not None and not suites and texts is None:  # its attached files
+        suites = [(name, path, bh.load_tests(path)) for name, path in resolve_tests(args.tests)]
+        texts = bh.read_texts(args.heldout) if args.heldout else None
     scores = load_scores_matrix(args.scores_matrix) if args.scores_matrix else None
     show = not args.no_progress
     api_key = args.api_key or os.environ.get("PLASTICITY_API_KEY") or None
@@ -180,9 +214,16 @@ def _run(args) -> int:
         elif args.server:
             gen = bh.server_generator(args.server, api_key, args.served_model)
             report["source"] = {"server": gen.base, "model": gen.model}
+            if snap is not None:
+                snap.activate()
+                print(f"the server now serves snapshot {snap.name} (rolled back, bit-identical)")
         elif args.model:
             gen = bh.local_generator(args.model, dtype=args.dtype, device=args.device)
             report["source"] = {"model_dir": str(Path(args.model).resolve()), "dtype": args.dtype}
+            if snap is not None:
+                done = snap.apply_to(gen.model)
+                report["source"]["snapshot_dir"] = str(snap.dir.resolve())
+                print(f"added snapshot {snap.name} to the model ({done['tensors']} tensors)")
 
         # 3. Held-out perplexity.
         if texts is not None:
@@ -225,6 +266,16 @@ def _run(args) -> int:
         report["plots"] = _plots(report, out)
     from .report import write_json
 
+    if snap is not None:
+        entry = snp.summary(report)
+        try:
+            snap.record(entry)
+            report["snapshot_recorded"] = True
+            print(f"recorded in snapshot {snap.name}'s metadata (evals)")
+        except (bh.EvalHTTPError, OSError) as e:
+            report["snapshot_recorded"] = False
+            print(f"plasticity eval: could not record the figures in snapshot {snap.name}: {e}", file=sys.stderr)
+            errors += 1
     path = write_json(out / "report.json", report)
     n_plots = len(report["plots"])
     print(f"wrote {path}" + (f" and {n_plots} plot{'s' if n_plots > 1 else ''}" if n_plots else ""))
