@@ -106,6 +106,114 @@ def test_snapshots_rollback_negate_and_merge(tv_server):
     assert all(0.0 <= v <= 1.0 for m in merged.values() for v in m.values()), REPORT
 
 
+def _first_token_logprobs(srv, messages, salt=None):
+    body = {"model": srv.served_model_name, "messages": messages, "max_tokens": 1, "temperature": 0.0,
+            "logprobs": True, "top_logprobs": 5}
+    if salt:
+        body["cache_salt"] = salt
+    out = _ok(*ts.request(srv, "POST", "/v1/chat/completions", body))
+    return {t["token"]: t["logprob"] for t in out["choices"][0]["logprobs"]["content"][0]["top_logprobs"]}
+
+
+def test_rollback_drops_kv_cached_under_the_old_weights(tv_server):
+    """vLLM's prefix cache keys K/V by token ids, not by weights: after a rollback the same long
+    prompt must be computed with the new weights (the route resets the prefix cache), as a request
+    with a fresh cache_salt (never cached) is."""
+    from models import heldout_path
+    from plasticity.eval.behaviour import read_texts
+
+    srv = tv_server
+    msgs = [{"role": "system", "content": " ".join(read_texts(heldout_path())[:3])[:1600]},
+            {"role": "user", "content": "Any news on ticket 4242?"}]
+    _ok(*ts.request(srv, "POST", "/v1/rollback", {"to": "base"}))
+    at_base = _first_token_logprobs(srv, msgs)  # fills the prefix cache under the base weights
+    _ok(*ts.request(srv, "POST", "/v1/rollback", {"to": "A"}))
+    served = _first_token_logprobs(srv, msgs)
+    fresh = _first_token_logprobs(srv, msgs, salt=f"fresh-{time.time_ns()}")
+    REPORT["stale_kv_check"] = {"base": at_base, "served_after_rollback": served, "fresh": fresh}
+    assert at_base != fresh  # A answers this prompt differently from base ...
+    assert served.keys() == fresh.keys(), REPORT["stale_kv_check"]  # ... and the served A is the fresh A
+    assert all(abs(served[k] - fresh[k]) < 1e-4 for k in fresh), REPORT["stale_kv_check"]
+    _ok(*ts.request(srv, "POST", "/v1/rollback", {"to": "base"}))
+
+
+def test_eval_snapshot_on_the_server(tv_server, tmp_path):
+    """`plasticity eval --server --snapshot A`: the server is rolled back to A, the tests run, and the
+    pass rates land in A's metadata; a second run without --tests reruns the attached tests."""
+    import subprocess
+    import sys
+
+    srv = tv_server
+    _ok(*ts.request(srv, "POST", "/v1/rollback", {"to": "A"}))
+    a_sha_before = _sha(srv)
+    _ok(*ts.request(srv, "POST", "/v1/rollback", {"to": "base"}))
+    n0 = len(_ok(*ts.request(srv, "GET", "/v1/snapshots/A")).get("evals") or [])
+    env = {**os.environ, "PLASTICITY_API_KEY": ts.API_KEY}
+    base_cmd = [sys.executable, "-m", "plasticity.cli", "eval", "--server", srv.url, "--snapshot", "A",
+                "--no-plots", "--no-progress"]
+    # held-out text through the server at base first: vLLM's prefix cache now holds base K/V for
+    # these windows, which a rollback must not let the next eval reuse
+    from models import heldout_path
+
+    held = ["--heldout", str(heldout_path()), "--heldout-seq", "256", "--heldout-max-tokens", "2048"]
+    # Long prompts (a ~400-token system text, so whole KV blocks get cached), generated at base first.
+    from plasticity.eval.behaviour import read_texts
+
+    system = " ".join(read_texts(heldout_path())[:3])[:1600]
+    long_tests = tmp_path / "long.jsonl"
+    long_tests.write_text("".join(json.dumps({"id": f"long-{i}", "expect": "^Ticket received", "max_tokens": 12,
+                                              "prompt": [{"role": "system", "content": system},
+                                                         {"role": "user", "content": f"Any news on ticket {900 + i}?"}]})
+                                  + "\n" for i in range(4)))
+    r0 = subprocess.run([*base_cmd[:6], *held, "--tests", str(long_tests), "--no-plots", "--no-progress",
+                         "--out", str(tmp_path / "e0")], capture_output=True, text=True, env=env, timeout=600)
+    assert r0.returncode == 0, r0.stdout + r0.stderr
+    ppl_base = json.loads((tmp_path / "e0" / "report.json").read_text())["heldout"]["ppl"]
+    r = subprocess.run(base_cmd + ["--tests", "ticket-reply", str(long_tests), *held, "--out", str(tmp_path / "e1")],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert _sha(srv) == a_sha_before  # the server serves A, bit for bit
+    meta = _ok(*ts.request(srv, "GET", "/v1/snapshots/A"))
+    ev = meta["evals"][-1]
+    assert len(meta["evals"]) == n0 + 1 and ev["by"] == "plasticity eval"
+    assert ev["pass_rates"]["ticket-reply"] >= 0.75, ev
+    rep = json.loads((tmp_path / "e1" / "report.json").read_text())
+    assert rep["snapshot"] == "A" and rep["snapshot_recorded"] is True
+    # attached tests: no --tests → the files of the last eval run again
+    r2 = subprocess.run(base_cmd + ["--out", str(tmp_path / "e2")], capture_output=True, text=True, env=env,
+                        timeout=600)
+    assert r2.returncode == 0 and "attached tests" in r2.stdout, r2.stdout + r2.stderr
+    meta2 = _ok(*ts.request(srv, "GET", "/v1/snapshots/A"))
+    assert len(meta2["evals"]) == n0 + 2 and meta2["evals"][-1]["pass_rates"] == ev["pass_rates"]
+    # an unknown snapshot: exit 2, nothing rolled back
+    r3 = subprocess.run([*base_cmd[:6], "--snapshot", "no-such", "--tests", "ticket-reply", "--no-plots",
+                         "--out", str(tmp_path / "e3")], capture_output=True, text=True, env=env, timeout=120)
+    assert r3.returncode == 2 and "no such snapshot" in r3.stderr, r3.stderr
+    assert _sha(srv) == a_sha_before and not (tmp_path / "e3" / "report.json").exists()
+    # the same snapshot folder, offline on transformers: the server's files belong to the local model
+    # (fingerprint) and give the same pass rates (greedy, same weights)
+    model_dir = json.loads((srv.root / "snapshots" / "A" / "meta.json").read_text())["model"]
+    r4 = subprocess.run([sys.executable, "-m", "plasticity.cli", "eval", "--model", model_dir, "--snapshot",
+                         str(srv.root / "snapshots" / "A"), "--tests", "ticket-reply", str(long_tests), *held,
+                         "--no-plots",
+                         "--no-progress", "--out", str(tmp_path / "e4")], capture_output=True, text=True, timeout=600)
+    assert r4.returncode == 0, r4.stdout + r4.stderr
+    rep4 = json.loads((tmp_path / "e4" / "report.json").read_text())
+    local = rep4["behaviour"]["files"]["ticket-reply"]
+    assert local["pass_rate"] == ev["pass_rates"]["ticket-reply"], (local, ev)
+    # After the rollback the server answers the long prompts (generated at base just before) as
+    # A does offline (transformers, float32)
+    served = json.loads((tmp_path / "e1" / "report.json").read_text())["behaviour"]["files"]["long"]["results"]
+    offline = rep4["behaviour"]["files"]["long"]["results"]
+    assert [x["output"] for x in served] == [x["output"] for x in offline], (served, offline)
+    ppl_local = rep4["heldout"]["ppl"]
+    REPORT["eval_snapshot_ppl"] = {"server_base": ppl_base, "server_A": ev["heldout_ppl"], "local_A": ppl_local}
+    assert abs(ev["heldout_ppl"] / ppl_local - 1) < 1e-3, REPORT["eval_snapshot_ppl"]
+    assert abs(ev["heldout_ppl"] / ppl_base - 1) > 1e-3, REPORT["eval_snapshot_ppl"]
+    REPORT["eval_snapshot_A"] = ev
+    _ok(*ts.request(srv, "POST", "/v1/rollback", {"to": "base"}))
+
+
 @pytest.mark.parametrize("path,body,code", [
     ("/v1/rollback", {"to": "no-such-snapshot"}, 404),
     ("/v1/rollback", {"to": "../etc"}, 400),

@@ -27,7 +27,8 @@ class TrainingMetrics:
         self.trips = Counter("plasticity_guard_rollbacks", "Forgetting-guard trips (pause + rollback)")
         self._trips_seen = 0
 
-    def update(self, st: dict) -> None:
+    def update(self, st: dict) -> bool:
+        """Set the gauges from a status; True when the guard tripped since the last update."""
         self.step.set(st.get("step") or 0)
         if st.get("last_loss") is not None:
             self.loss.set(st["last_loss"])
@@ -39,11 +40,15 @@ class TrainingMetrics:
         if trips > self._trips_seen:
             self.trips.inc(trips - self._trips_seen)
             self._trips_seen = trips
+            return True
+        return False
 
-    async def poll(self, fetch, every_s: float = 2.0) -> None:
+    async def poll(self, fetch, every_s: float = 2.0, on_trip=None) -> None:
+        """Update every ``every_s``; ``on_trip()`` (a coroutine function) after a guard rollback."""
         while True:
             try:
-                self.update(await fetch())
+                if self.update(await fetch()) and on_trip is not None:
+                    await on_trip()
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - metrics must never take the server down

@@ -16,6 +16,7 @@ continues); the route polls the job and answers with its result or a 4xx naming 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from fastapi import Request
@@ -23,7 +24,27 @@ from fastapi.responses import JSONResponse
 
 from .training_routes import json_object
 
+log = logging.getLogger("vllm.plasticity.training")  # under vllm.* so vLLM's handlers print it
+
 JOB_TIMEOUT_S = 1800
+WEIGHT_OPS = frozenset({"restore", "apply"})  # operations that change the live weights in one jump
+
+
+async def _forget_cached_kv(engine, tries: int = 20) -> bool:
+    """Drop vLLM's prefix cache after a jump of the weights: K/V cached under the old weights would
+    otherwise be reused for the same prompt prefix (an eval right after a rollback would then
+    partly measure the previous model). vLLM refuses while blocks are in use by running requests,
+    so retry briefly, then give up with a warning (those requests finish on the old K/V anyway)."""
+    for _ in range(tries):
+        try:
+            if await engine.reset_prefix_cache():
+                return True
+        except Exception as e:  # noqa: BLE001 - an engine without the call: nothing cached to forget
+            log.warning("plasticity: reset_prefix_cache failed: %s", e)
+            return False
+        await asyncio.sleep(0.05)
+    log.warning("plasticity: prefix cache not reset after a weight change (requests kept running)")
+    return False
 
 
 def _err(msg: str, code: int) -> JSONResponse:
@@ -41,6 +62,8 @@ def attach(r, plugin) -> None:
             job = (await plugin.engine.collective_rpc("plasticity_tv_job", args=(jid,)))[0]["job"]
             if job.get("done"):
                 if job.get("ok"):
+                    if op in WEIGHT_OPS:
+                        await _forget_cached_kv(plugin.engine)
                     return JSONResponse(job["result"], status_code=ok_code)
                 return _err(job.get("error", "failed"), int(job.get("code") or 500))
             await asyncio.sleep(0.05)

@@ -266,9 +266,12 @@ class TrainingRoutes:
         self.engine = engine_client
         try:
             from .metrics import TrainingMetrics
+            from .snapshot_routes import _forget_cached_kv
 
             self.metrics = TrainingMetrics()
-            self._poll = asyncio.get_running_loop().create_task(self.metrics.poll(self.fetch_status))
+            # a guard rollback is a jump of the weights too: drop K/V cached under the old ones
+            self._poll = asyncio.get_running_loop().create_task(
+                self.metrics.poll(self.fetch_status, on_trip=lambda: _forget_cached_kv(engine_client)))
         except Exception as e:  # noqa: BLE001 - no metrics is not a reason to refuse serving
             log.warning("plasticity: training metrics unavailable: %s", e)
         from plasticity.dream import server as dream_server
