@@ -31,7 +31,8 @@ def _is_timeout(e: BaseException) -> bool:
 def http_json(url: str, method: str = "GET", body=None, *, key: str | None = None, timeout: float = 60.0,
               raw: bytes | None = None, ctype: str = "application/json") -> tuple[int, object]:
     """One request; returns ``(status, parsed JSON)`` for 2xx, raises DreamHTTPError otherwise."""
-    headers = {"Content-Type": ctype, "Accept": "application/json"}
+    # the source header keeps the loop's own generations out of conversation capture
+    headers = {"Content-Type": ctype, "Accept": "application/json", "X-Plasticity-Source": "dream"}
     if key:
         headers["Authorization"] = f"Bearer {key}"
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())

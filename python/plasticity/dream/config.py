@@ -35,6 +35,9 @@ timeout_s = 120.0          # per HTTP request to the served model
 model = ""                 # served model name; "" = the first of /v1/models
 max_queue = 1000           # accepted-but-not-journaled bound: cycles wait while it is reached
 submit_batch = 16          # examples per POST /v1/training/examples
+capture = false            # opt-in: store every served chat/completion (prompt + answer) as a
+                           # note in db (source "conversation"), the fast stage of the memory
+capture_importance = 0.3   # importance of captured notes (0..1)
 
 [dream.vllm_xargs]         # passed with every generation request (e.g. a steering vector)
 steer = "calm"
@@ -155,6 +158,8 @@ class DreamConfig:
     model: str = ""
     max_queue: int = 1000
     submit_batch: int = 16
+    capture: bool = False
+    capture_importance: float = 0.3
     vllm_xargs: dict = field(default_factory=dict)
     rubric: RubricConfig = field(default_factory=RubricConfig)
     rule: RuleConfig = field(default_factory=RuleConfig)
@@ -284,7 +289,7 @@ _TOP = ("enabled", "db", "schedule", "sleep_window", "cycles_per_hour", "max_cyc
         "top_p", "scenario_max_tokens", "response_max_tokens", "scenario_prompt", "response_system",
         "response_prefix", "judge", "accept_threshold", "novelty_threshold", "lexical_threshold", "novelty_window", "embedding",
         "replay_ratio", "replay_source", "seed", "timeout_s", "model", "max_queue", "submit_batch", "vllm_xargs",
-        "rubric", "rule", "endpoint")
+        "rubric", "rule", "endpoint", "capture", "capture_importance")
 
 
 def from_dict(sec: dict, base: Path | None = None, source: Path | None = None, training=None) -> DreamConfig:
@@ -342,10 +347,14 @@ def from_dict(sec: dict, base: Path | None = None, source: Path | None = None, t
         model=c.str("model", "", max_len=1000),
         max_queue=c.int("max_queue", 1000, 1, 10_000_000),
         submit_batch=c.int("submit_batch", 16, 1, 64),
+        capture=c.bool("capture", False),
+        capture_importance=c.float("capture_importance", 0.3, 0.0, 1.0),
         vllm_xargs=dict(xargs),
         training=training,
         source=source,
     )
+    if cfg.capture and cfg.db is None:
+        c.bad("capture", "needs [dream] db (the memory store the conversations go to)")
     r = _Checker(where, _sub(sec, "rubric", where), "dream.rubric")
     r.unknown(("prompt", "max_tokens", "temperature"))
     judge_fields = ("notes", "scenario", "response")

@@ -80,6 +80,9 @@ def status_dict(cfg: DreamConfig | None = None) -> dict:
     st["configured"] = True
     st["enabled"] = cfg.enabled
     st["schedule"] = cfg.schedule
+    from plasticity.server import capture
+
+    st["capture"] = capture.CURRENT.status() if capture.CURRENT is not None else {"enabled": False}
     return st
 
 

@@ -151,6 +151,9 @@ class PlasticityEndpoints:
         plugin.training.attach(r)
         app.include_router(r)
         app.add_middleware(SteeringMiddleware, get_catalogue=lambda: plugin.catalogue)
+        from . import capture
+
+        capture.install(app)
 
     async def _extract(self, spec) -> dict:
         from plasticity.steering import extract as ex
