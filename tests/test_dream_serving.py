@@ -30,6 +30,7 @@ import training_support as ts
 pytestmark = pytest.mark.vllm
 
 K = int(os.environ.get("PLASTICITY_DREAM_K", "40"))
+TRAIN = int(os.environ.get("PLASTICITY_DREAM_TRAIN", "48"))  # accepted dream examples trained before the check
 PREFIX = "In short:"
 GUARD = 0.10
 HELD = ["How does a while loop end?", "What is a generator?", "Explain the with statement.",
@@ -239,11 +240,37 @@ def test_sigkill_mid_cycle_and_restart_trains_each_accepted_once(dream_server, t
                              "examples_done": st["examples_done"], "step": st["step"]})
 
 
+def _top_up(srv, target: int) -> dict:
+    """More dream cycles (training running) until ``target`` candidates were accepted in all, then
+    submit them: the loop as a server user runs it, with the store left by the tests above."""
+    from plasticity.dream.client import ServerClient
+    from plasticity.dream.loop import DreamLoop
+
+    cfg, store = _store(srv)
+    t0, cycles = time.time(), 0
+    try:
+        with DreamLoop(store, ServerClient(srv.url, ts.API_KEY, timeout=60), cfg) as loop:
+            while len(store.candidates(accepted=True)) < target and cycles < 8 * target:
+                loop.run_cycle()
+                cycles += 1
+                if cycles % 10 == 0:
+                    loop.submit_pending()
+            loop.submit_pending()
+        return {"cycles": cycles, "accepted_total": len(store.candidates(accepted=True)),
+                "queue": store.queue_counts(), "wall_s": round(time.time() - t0, 1)}
+    finally:
+        store.close()
+
+
 def test_trained_dreams_move_the_behaviour_within_the_guard(dream_server):
     if "before" not in REPORT or "kill_restart" not in REPORT:
         pytest.skip("needs the two tests above in the same session")
     srv = dream_server
-    st = ts.wait_done(srv, REPORT["kill_restart"]["accepted_total"], timeout=300)
+    # The offline calibration (docs/dream.md) needs about 40 dream examples for the greedy reply
+    # to change; the kill/restart test left ~19. Top up to TRAIN accepted ones, all trained.
+    top = _top_up(srv, TRAIN)
+    _report("top_up", top)
+    st = ts.wait_done(srv, top["accepted_total"], timeout=600)
     code, snap = ts.request(srv, "POST", "/v1/snapshots", {"name": "after-dream", "note": "dream e2e"})
     assert code == 201, snap
     after = {**_behaviour(srv), "heldout_ppl": snap["heldout_ppl"]}
@@ -251,8 +278,143 @@ def test_trained_dreams_move_the_behaviour_within_the_guard(dream_server):
     rel = after["heldout_ppl"] / st["heldout_ppl_initial"] - 1
     _report("after", {**after, "heldout_ppl_initial": st["heldout_ppl_initial"], "heldout_ppl_change": rel,
                       "guard": st.get("guard"), "steps": st["step"], "examples_done": st["examples_done"]})
+    assert top["accepted_total"] >= TRAIN and st["examples_done"] >= top["accepted_total"], (top, st)
     assert st.get("guard", {}).get("trips", 0) == 0
     assert rel < GUARD, (before, after)
-    # the answer format carried by the dream data reached the weights
+    # the answer format carried by the dream data reached the weights: the log-probability of the
+    # prefix, and the behavioural test itself (greedy replies of held-out prompts)
     assert after["prefix_logprob"] > before["prefix_logprob"] + 0.5, (before, after)
-    assert after["pass_rate"] >= before["pass_rate"]
+    assert after["pass_rate"] >= before["pass_rate"] + 0.5, (before, after)
+
+
+def _stream(srv, path, body) -> int:
+    import urllib.request
+
+    req = urllib.request.Request(srv.url + path, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {ts.API_KEY}"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        r.read()
+        return r.status
+
+
+def _kill_config(root, max_cycles: int):
+    cfg = ts.write_config(root, lr=2e-3, checkpoint_dir=str(root / "ckpt"), checkpoint_every=4)
+    section = _dream_section(root).replace('judge = "rule"', f'judge = "rule"\nenabled = true\nmax_cycles = {max_cycles}'
+                                                                  '\ncapture = true')
+    cfg.write_text(cfg.read_text() + section)
+    return cfg
+
+
+def test_kill_the_server_mid_cycle_and_restart(vllm_servers, tmp_path):
+    """The loop running inside the server ([dream] enabled), the whole server SIGKILLed while a cycle
+    runs, then restarted: every accepted scenario is journaled exactly once, and its training is in
+    the final weights exactly once (done before the restored checkpoint, or redone after it)."""
+    from models import model_dir
+    from vllm_server import VLLMServer
+
+    from plasticity.dream.config import load
+    from plasticity.dream.loop import ServerTokens, token_key
+    from plasticity.memory import MemoryStore, sample_graph_path
+    from plasticity.training.core import Journal
+
+    vllm_servers.close()  # one server at a time on 2 cores
+    root = tmp_path
+    cfgp = _kill_config(root, 0)
+    cfg = load(cfgp)
+    with MemoryStore(cfg.db) as s:
+        s.import_jsonl(sample_graph_path())
+    env = ts.plugin_env(cfgp)
+    s1 = VLLMServer(model_dir("qwen3-tiny"), env=env, extra_args=("--api-key", ts.API_KEY),
+                    log_path=root / "s1.log").start()
+    killed_at = None
+    try:
+        t0 = time.time()
+        while time.time() - t0 < 600:
+            with MemoryStore(cfg.db) as s:
+                acc = len(s.candidates(accepted=True))
+                running = [c for c in s.cycles(limit=1) if c["status"] == "running"]
+            # after a training checkpoint, so the restart keeps some training and redoes the rest
+            if acc >= 6 and running and any((root / "ckpt").glob("step-*.safetensors")):
+                os.killpg(s1.proc.pid, signal.SIGKILL)  # the API server, engine core and worker at once
+                killed_at = {"accepted": acc, "cycle": running[0]["id"]}
+                break
+            time.sleep(0.05)
+        assert killed_at, f"no running cycle after 6 accepted and a checkpoint in 600 s:\n{s1.log_tail()}"
+        s1.proc.wait(30)
+    finally:
+        s1.stop()
+    journal = cfg.training.journal
+    done_path = journal.with_name(journal.name + ".done")
+    n_done_before = len(Journal(done_path).read()) if done_path.exists() else 0
+    ckpts = sorted((root / "ckpt").glob("step-*.safetensors"))
+    restored = int(ckpts[-1].stem.split("-")[1]) if ckpts else None
+    def kept(done):  # trained before the kill and in the restored checkpoint
+        return {r["id"] for r in done[:n_done_before] if restored is not None and int(r["step"]) <= restored}
+
+    # restart, bounded to 6 more cycles so the test ends
+    _kill_config(root, 6)
+    s2 = VLLMServer(model_dir("qwen3-tiny"), env=env, extra_args=("--api-key", ts.API_KEY),
+                    log_path=root / "s2.log").start()
+    try:
+        t0 = time.time()
+        while time.time() - t0 < 600:
+            code, dst = ts.request(s2, "GET", "/v1/dream/status")
+            st = ts.status(s2)
+            recs, done = Journal(journal).read(), Journal(done_path).read()
+            after = {r["id"] for r in done[n_done_before:]}
+            if (code == 200 and (dst.get("runner") or {}).get("state") == "finished" and st["examples_queued"] == 0
+                    and dst["queue"]["queued"] == 0 and all(r["id"] in after or r["id"] in kept(done)
+                                                             for r in recs)):
+                break
+            time.sleep(1)
+        else:
+            pytest.fail(f"restart did not finish: {dst} {st}")
+        # opt-in capture ([dream] capture = true): two served requests (one streamed) become notes;
+        # the loop's own generations (X-Plasticity-Source: dream) did not. Text completions, since
+        # the tiny model answers most chat prompts with blank lines (not captured: no answer);
+        # chat bodies and streams are covered by tests/test_memory_capture.py.
+        for stream in (False, True):
+            body = {"model": s2.model, "prompt": f"The for statement {int(stream)}", "max_tokens": 8,
+                    "temperature": 0.0, "stream": stream}
+            code = _stream(s2, "/v1/completions", body)
+            assert code == 200
+        time.sleep(1.0)
+        with MemoryStore(cfg.db) as s:
+            conv = s.list_notes(source="conversation")
+        code, dst = ts.request(s2, "GET", "/v1/dream/status")
+        _report("capture", {"notes": [n.text for n in conv], "status": dst.get("capture")})
+        assert sorted(n.text.split("\n")[0] for n in conv) == ["user: The for statement 0",
+                                                               "user: The for statement 1"], conv
+        assert all(n.text.split("\n")[1].startswith("assistant: ") for n in conv)
+        assert dst["capture"]["captured"] == 2, dst["capture"]
+    finally:
+        s2.stop()
+    tok = ServerTokens.load(str(model_dir("qwen3-tiny")))
+    recs = Journal(journal).read()
+    done = Journal(done_path).read()
+    by_key: dict[str, list[str]] = {}
+    for r in recs:
+        by_key.setdefault(token_key(r["context"], r["decision"]), []).append(r["id"])
+    # training that is in the final weights: before the kill only up to the restored checkpoint
+    counted = Counter(r["id"] for r in done[:n_done_before] if restored is not None and int(r["step"]) <= restored)
+    counted.update(r["id"] for r in done[n_done_before:])
+    with MemoryStore(cfg.db) as s:
+        acc = s.candidates(accepted=True)
+        cycles = s.cycles()
+    problems = []
+    for c in acc:
+        ids = by_key.get(tok.key([{"role": "user", "content": c.scenario}], c.response), [])
+        if len(ids) != 1:
+            problems.append(f"candidate {c.id}: {len(ids)} journal records")
+        elif counted[ids[0]] != 1:
+            problems.append(f"candidate {c.id}: in the weights {counted[ids[0]]} times")
+    _report("kill_server_restart", {"killed_at": killed_at, "restored_checkpoint_step": restored,
+                                    "done_records_before_kill": n_done_before, "accepted_total": len(acc),
+                                    "journal_records": len(recs), "done_records": len(done),
+                                    "redone_after_restart": sum(1 for r in done[:n_done_before]
+                                                                if restored is None or int(r["step"]) > restored),
+                                    "killed_cycle_status": next(c["status"] for c in cycles
+                                                                if c["id"] == killed_at["cycle"])})
+    assert not problems, problems
+    assert len(recs) == len(acc) and len(acc) >= killed_at["accepted"] and restored is not None
+    assert next(c["status"] for c in cycles if c["id"] == killed_at["cycle"]) == "failed"  # closed on restart
