@@ -31,6 +31,7 @@ pytestmark = pytest.mark.vllm
 
 K = int(os.environ.get("PLASTICITY_DREAM_K", "40"))
 TRAIN = int(os.environ.get("PLASTICITY_DREAM_TRAIN", "48"))  # accepted dream examples trained before the check
+TRAIN_MAX = int(os.environ.get("PLASTICITY_DREAM_TRAIN_MAX", "96"))  # ... and at most, 16 more at a time
 PREFIX = "In short:"
 GUARD = 0.10
 HELD = ["How does a while loop end?", "What is a generator?", "Explain the with statement.",
@@ -180,6 +181,19 @@ def _kill_after_cycles(cmd, n_lines, log_path, extra_env=None):
     return p.returncode, seen
 
 
+def _exactly_once_problems(accepted, journal_ids_by_key, tok, trained: Counter, what: str) -> list[str]:
+    """Each accepted candidate: one journal record (matched by token content, since the server
+    assigns its own ids), and that record counted once in ``trained``."""
+    problems = []
+    for c in accepted:
+        ids = journal_ids_by_key.get(tok.key([{"role": "user", "content": c.scenario}], c.response), [])
+        if len(ids) != 1:
+            problems.append(f"candidate {c.id}: {len(ids)} journal records")
+        elif trained[ids[0]] != 1:
+            problems.append(f"candidate {c.id}: {what} {trained[ids[0]]} times")
+    return problems
+
+
 def test_sigkill_mid_cycle_and_restart_trains_each_accepted_once(dream_server, tmp_path):
     from models import model_dir
 
@@ -224,13 +238,7 @@ def test_sigkill_mid_cycle_and_restart_trains_each_accepted_once(dream_server, t
         acc = s.candidates(accepted=True)
         q = s.queue_counts()
         stale = [c for c in s.cycles() if c["status"] == "running"]
-    problems = []
-    for c in acc:
-        ids = by_key.get(tok.key([{"role": "user", "content": c.scenario}], c.response), [])
-        if len(ids) != 1:
-            problems.append(f"candidate {c.id}: {len(ids)} journal records")
-        elif done[ids[0]] != 1:
-            problems.append(f"candidate {c.id}: trained {done[ids[0]]} times")
+    problems = _exactly_once_problems(acc, by_key, tok, done, "trained")
     assert not problems, problems
     assert len(recs) == len(acc)  # nothing else was journaled: no unjudged or rejected example
     assert q == {"queued": 0, "journaled": 0, "trained": len(acc)} and not stale
@@ -267,14 +275,23 @@ def test_trained_dreams_move_the_behaviour_within_the_guard(dream_server):
         pytest.skip("needs the two tests above in the same session")
     srv = dream_server
     # The offline calibration (docs/dream.md) needs about 40 dream examples for the greedy reply
-    # to change; the kill/restart test left ~19. Top up to TRAIN accepted ones, all trained.
-    top = _top_up(srv, TRAIN)
-    _report("top_up", top)
-    st = ts.wait_done(srv, top["accepted_total"], timeout=600)
+    # to change; the kill/restart test left ~19. Top up to TRAIN accepted ones, all trained, then
+    # in steps of 16 up to TRAIN_MAX while the behaviour has not moved (the dream data and the
+    # training order vary from run to run: 4/12 to 12/12 after 48 were seen).
+    before = REPORT["before"]
+    rounds = []
+    for target in range(TRAIN, TRAIN_MAX + 1, 16):
+        top = _top_up(srv, target)
+        st = ts.wait_done(srv, top["accepted_total"], timeout=600)
+        b = _behaviour(srv)
+        rounds.append({"accepted": top["accepted_total"], "cycles": top["cycles"], "pass_rate": b["pass_rate"],
+                       "prefix_logprob": b["prefix_logprob"], "steps": st["step"]})
+        _report("top_up", rounds)
+        if b["pass_rate"] >= before["pass_rate"] + 0.5:
+            break
     code, snap = ts.request(srv, "POST", "/v1/snapshots", {"name": "after-dream", "note": "dream e2e"})
     assert code == 201, snap
     after = {**_behaviour(srv), "heldout_ppl": snap["heldout_ppl"]}
-    before = REPORT["before"]
     rel = after["heldout_ppl"] / st["heldout_ppl_initial"] - 1
     _report("after", {**after, "heldout_ppl_initial": st["heldout_ppl_initial"], "heldout_ppl_change": rel,
                       "guard": st.get("guard"), "steps": st["step"], "examples_done": st["examples_done"]})
@@ -401,13 +418,7 @@ def test_kill_the_server_mid_cycle_and_restart(vllm_servers, tmp_path):
     with MemoryStore(cfg.db) as s:
         acc = s.candidates(accepted=True)
         cycles = s.cycles()
-    problems = []
-    for c in acc:
-        ids = by_key.get(tok.key([{"role": "user", "content": c.scenario}], c.response), [])
-        if len(ids) != 1:
-            problems.append(f"candidate {c.id}: {len(ids)} journal records")
-        elif counted[ids[0]] != 1:
-            problems.append(f"candidate {c.id}: in the weights {counted[ids[0]]} times")
+    problems = _exactly_once_problems(acc, by_key, tok, counted, "in the weights")
     _report("kill_server_restart", {"killed_at": killed_at, "restored_checkpoint_step": restored,
                                     "done_records_before_kill": n_done_before, "accepted_total": len(acc),
                                     "journal_records": len(recs), "done_records": len(done),
