@@ -113,3 +113,20 @@ def test_bad_model_folder_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="not a model folder"):
         run_one("lr-sweep", namespace(quick=True, out=str(tmp_path / "o"), model=str(tmp_path), no_progress=True))
     assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_default_models_are_found_from_the_checkout(tmp_path, monkeypatch):
+    """The installed wheel sits in site-packages: without --model the local models are looked up from the
+    current directory upwards (where scripts/setup.sh built them), not beside the package."""
+    from plasticity.experiments import common
+
+    models = tmp_path / ".cache" / "plasticity" / "models"
+    (models / "qwen3-tiny").mkdir(parents=True)
+    (models / "qwen3-tiny" / "config.json").write_text("{}")
+    (tmp_path / "sub" / "deeper").mkdir(parents=True)
+    monkeypatch.delenv("PLASTICITY_TEST_MODELS_DIR", raising=False)
+    monkeypatch.chdir(tmp_path / "sub" / "deeper")
+    assert common.models_root() == models.resolve()
+    assert common.resolve_model(None, "qwen3-tiny") == (models / "qwen3-tiny").resolve()
+    monkeypatch.setenv("PLASTICITY_TEST_MODELS_DIR", str(tmp_path / "elsewhere"))
+    assert common.models_root() == tmp_path / "elsewhere"

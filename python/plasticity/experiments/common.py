@@ -53,14 +53,25 @@ HYBRID_MODEL = "qwen3_5-tiny"
 
 # --------------------------------------------------------------------------- paths
 
+MODELS_SUBDIR = Path(".cache") / "plasticity" / "models"
+
+
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[3]
 
 
 def models_root() -> Path:
-    """Where scripts/build_test_models.py puts the local models (``PLASTICITY_TEST_MODELS_DIR`` wins)."""
+    """Where scripts/build_test_models.py puts the local models: ``PLASTICITY_TEST_MODELS_DIR``, else
+    ``.cache/plasticity/models`` in the current directory or the nearest parent that has one (the
+    installed wheel lives in site-packages, far from the checkout), else beside an editable source tree."""
     env = os.environ.get("PLASTICITY_TEST_MODELS_DIR")
-    return Path(env) if env else repo_root() / ".cache" / "plasticity" / "models"
+    if env:
+        return Path(env)
+    here = Path.cwd().resolve()
+    for d in (here, *here.parents):
+        if (d / MODELS_SUBDIR).is_dir():
+            return d / MODELS_SUBDIR
+    return repo_root() / MODELS_SUBDIR
 
 
 def resolve_model(arg: str | None, default_name: str) -> Path:
