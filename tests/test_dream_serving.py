@@ -15,6 +15,7 @@ Figures are printed (-s) and written to $PLASTICITY_BENCH_OUT/dream_e2e.json whe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -314,6 +315,24 @@ def _stream(srv, path, body) -> int:
         return r.status
 
 
+def _ro(db):
+    """A read-only connection: it takes no lock a frozen server could be holding (WAL readers never wait)."""
+    import sqlite3
+
+    return sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+
+
+def _latest_cycle(db) -> dict | None:
+    with contextlib.closing(_ro(db)) as c:
+        row = c.execute("SELECT id, status FROM cycles ORDER BY id DESC LIMIT 1").fetchone()
+    return None if row is None else {"id": row[0], "status": row[1]}
+
+
+def _accepted_count(db) -> int:
+    with contextlib.closing(_ro(db)) as c:
+        return c.execute("SELECT count(*) FROM candidates WHERE accepted = 1").fetchone()[0]
+
+
 def _kill_config(root, max_cycles: int):
     cfg = ts.write_config(root, lr=2e-3, checkpoint_dir=str(root / "ckpt"), checkpoint_every=4)
     section = _dream_section(root).replace('judge = "rule"', f'judge = "rule"\nenabled = true\nmax_cycles = {max_cycles}'
@@ -352,9 +371,16 @@ def test_kill_the_server_mid_cycle_and_restart(vllm_servers, tmp_path):
                 running = [c for c in s.cycles(limit=1) if c["status"] == "running"]
             # after a training checkpoint, so the restart keeps some training and redoes the rest
             if acc >= 6 and running and any((root / "ckpt").glob("step-*.safetensors")):
-                os.killpg(s1.proc.pid, signal.SIGKILL)  # the API server, engine core and worker at once
-                killed_at = {"accepted": acc, "cycle": running[0]["id"]}
-                break
+                # Freeze the whole server first (the API server, engine core and worker at once), then
+                # look again: the cycle seen running may have finished between the read and the signal.
+                # Kill only a server frozen inside a cycle, otherwise let it go on and look later.
+                os.killpg(s1.proc.pid, signal.SIGSTOP)
+                frozen = _latest_cycle(cfg.db)
+                if frozen is not None and frozen["status"] == "running":
+                    os.killpg(s1.proc.pid, signal.SIGKILL)
+                    killed_at = {"accepted": _accepted_count(cfg.db), "cycle": frozen["id"]}
+                    break
+                os.killpg(s1.proc.pid, signal.SIGCONT)
             time.sleep(0.05)
         assert killed_at, f"no running cycle after 6 accepted and a checkpoint in 600 s:\n{s1.log_tail()}"
         s1.proc.wait(30)
