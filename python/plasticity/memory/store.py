@@ -558,13 +558,16 @@ class MemoryStore:
     def _open(self, busy_timeout: float) -> None:
         c = self._conn
         try:
-            app_id = c.execute("PRAGMA application_id").fetchone()[0]
-            version = c.execute("PRAGMA user_version").fetchone()[0]
-            tables = [r[0] for r in c.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+            # One read transaction: three separate reads could straddle another opener's creation
+            # of the schema (no tables and version 0, then its tables) and refuse a fresh store.
+            c.execute("BEGIN")
+            try:
+                identity = self._identity(c)
+            finally:
+                c.execute("COMMIT")
         except sqlite3.DatabaseError as e:
             raise MemoryStoreError(f"{self.path}: not a readable SQLite database ({e})") from None
-        self._check_identity(app_id, version, tables)
+        self._check_identity(*identity)
         c.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
         c.execute("PRAGMA foreign_keys = ON")
         try:
@@ -573,6 +576,13 @@ class MemoryStore:
             raise MemoryStoreError(f"{self.path}: cannot switch to WAL mode: {e}") from None
         c.execute("PRAGMA synchronous = FULL")
         self._migrate()
+
+    @staticmethod
+    def _identity(c) -> tuple[int, int, list[str]]:
+        """(application_id, user_version, table names); call inside a transaction for one snapshot."""
+        return (c.execute("PRAGMA application_id").fetchone()[0], c.execute("PRAGMA user_version").fetchone()[0],
+                [r[0] for r in c.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")])
 
     def _check_identity(self, app_id: int, version: int, tables: list[str]) -> None:
         if app_id not in (0, APPLICATION_ID):
@@ -592,10 +602,7 @@ class MemoryStore:
                 return
             with self._tx() as c:
                 # Re-read inside the write lock: another process may have migrated meanwhile.
-                app_id = c.execute("PRAGMA application_id").fetchone()[0]
-                version = c.execute("PRAGMA user_version").fetchone()[0]
-                tables = [r[0] for r in c.execute(
-                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+                app_id, version, tables = self._identity(c)
                 self._check_identity(app_id, version, tables)
                 if version == SCHEMA_VERSION:
                     return
