@@ -259,17 +259,28 @@ def test_train_steering_vector_in(tv_server):
     """Generate with a steering vector on, train the unsteered weights toward it, drop the vector:
     KL(steered ‖ unsteered) on held-out prompts must fall."""
     import steering_support as ss
-    from plasticity.steering.train_in import Client, train_in
+    from plasticity.steering.train_in import Client, kl_to_unsteered, steer_args, steered_samples, train_in
 
     srv = tv_server
     vec = {str(l): v.tolist() for l, v in ss.unit_vectors(7, [1, 2], norm=300.0).items()}
     _ok(*ts.request(srv, "POST", "/v1/steering/vectors", {"name": "style", "values": vec}))
-    rep = train_in(Client(srv.url, ts.API_KEY, srv.served_model_name), "style", 1.0, TRAIN_IN_PROMPTS,
-                   HELD_IN_PROMPTS, max_tokens=16, epochs=5, drop=True)
+    # How far a random direction of norm 300 moves the model differs between builds of the test model
+    # (KL 0.455 on one; 1.001 on another, where training plateaued at 0.73 of it): use the largest
+    # scale that moves it by a moderate amount, then rounds of 5 epochs until KL has fallen by 30%.
+    client = Client(srv.url, ts.API_KEY, srv.served_model_name)
+    kls = {}
+    for scale in (1.0, 0.7, 0.5, 0.35):
+        kls[scale] = kl_to_unsteered(client, steered_samples(client, steer_args("style", scale), HELD_IN_PROMPTS, 16))
+        if kls[scale] <= 0.6:
+            break
+    print("\nKL by scale:", kls)
+    rep = train_in(client, "style", scale, TRAIN_IN_PROMPTS, HELD_IN_PROMPTS, max_tokens=16, epochs=5, drop=True,
+                   until=0.7, max_rounds=4)
     REPORT["train_steering_in"] = rep
     print("\nTRAIN-IN", json.dumps(rep, indent=1))
     assert rep["kl_before"] > 0.2, rep  # the vector does change the model
     assert rep["kl_after"] < 0.7 * rep["kl_before"], rep  # measured: 0.455 → 0.244 after 3 epochs
+    assert rep["kl_rounds"] == sorted(rep["kl_rounds"], reverse=True), rep  # each round brings it closer
     code, _ = ts.request(srv, "GET", "/v1/steering/vectors")
     assert "style" not in json.dumps(_), "the vector was not dropped"
 

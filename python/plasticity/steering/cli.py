@@ -27,7 +27,10 @@ def add_parser(sub) -> None:
     ti.add_argument("--prompts", required=True, help="training prompts: JSONL {prompt} or one per line")
     ti.add_argument("--heldout", required=True, help="held-out prompts for the KL report")
     ti.add_argument("--max-tokens", type=int, default=24)
-    ti.add_argument("--epochs", type=int, default=2)
+    ti.add_argument("--epochs", type=int, default=2, help="passes over the prompts per round (default 2)")
+    ti.add_argument("--until-kl-ratio", type=float, default=None, metavar="R",
+                    help="train further rounds until KL(after) <= R * KL(before), R in (0, 1)")
+    ti.add_argument("--max-rounds", type=int, default=1, help="at most this many rounds (default 1)")
     ti.add_argument("--drop", action="store_true", help="remove the vector from the server afterwards")
     ti.add_argument("-o", "--output", default=None, help="write the JSON report here")
     ti.set_defaults(func=run_train_in)
@@ -39,14 +42,19 @@ def run_train_in(args: argparse.Namespace) -> int:
 
     from .train_in import Client, ServerError, read_prompts, train_in
 
-    if not math.isfinite(args.scale) or args.epochs < 1 or args.max_tokens < 1:
-        print("plasticity steer train-in: --scale must be finite, --epochs and --max-tokens ≥ 1", file=sys.stderr)
+    if not math.isfinite(args.scale) or args.epochs < 1 or args.max_tokens < 1 or args.max_rounds < 1:
+        print("plasticity steer train-in: --scale must be finite, --epochs, --max-tokens and --max-rounds ≥ 1",
+              file=sys.stderr)
+        return 2
+    if args.until_kl_ratio is not None and not (0 < args.until_kl_ratio < 1):
+        print("plasticity steer train-in: --until-kl-ratio must be in (0, 1)", file=sys.stderr)
         return 2
     try:
         layers = [int(x) for x in args.layers.split(",")] if args.layers else None
         client = Client(args.server, args.api_key)
         rep = train_in(client, args.vector, args.scale, read_prompts(args.prompts), read_prompts(args.heldout),
-                       max_tokens=args.max_tokens, epochs=args.epochs, layers=layers, drop=args.drop)
+                       max_tokens=args.max_tokens, epochs=args.epochs, layers=layers, drop=args.drop,
+                       until=args.until_kl_ratio, max_rounds=args.max_rounds)
     except (ValueError, ServerError, OSError) as e:
         print(f"plasticity steer train-in: {e}", file=sys.stderr)
         return 2

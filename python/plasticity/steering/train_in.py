@@ -11,7 +11,9 @@
    ``mean_t [log p_steered(y_t | x, y_<t) − log p_unsteered(y_t | x, y_<t)]``, teacher-forced
    with vLLM's ``prompt_logprobs`` (the steered log-probabilities are taken once, before
    training, so "after" compares the trained unsteered model with the original steered one).
-4. Optionally remove the vector from the server (``--drop``).
+4. With ``until`` (``--until-kl-ratio``), repeat 1-3 with new samples, up to ``max_rounds`` rounds,
+   until KL(after) ≤ until · KL(before).
+5. Optionally remove the vector from the server (``--drop``).
 """
 
 from __future__ import annotations
@@ -110,53 +112,81 @@ def kl_estimate(steered: list[list[float]], unsteered: list[list[float]]) -> flo
     return num / n if n else float("nan")
 
 
-def train_in(client: Client, vector: str, scale: float, prompts: list, heldout: list, *, max_tokens: int = 24,
-             epochs: int = 2, samples: int = 2, layers=None, wait_s: float = 1800, drop: bool = False,
-             log=print) -> dict:
+def steer_args(vector: str, scale: float, layers=None) -> dict:
     xs = {"steer": vector, "steer_scale": scale}
     if layers:
         xs["steer_layers"] = list(layers)
-    # held-out: steered continuations and their steered log-probs, before anything changes
+    return xs
+
+
+def steered_samples(client: Client, xs: dict, prompts: list, max_tokens: int, samples: int = 2) -> list:
+    """(ids, prompt length, steered log-probs of the continuation) for sampled steered continuations."""
     held = []
-    for i, p in enumerate(heldout):
+    for i, p in enumerate(prompts):
         ids = client.tokenize(p)
         for k in range(samples):
             y = client.generate_ids(ids, max_tokens, xs, seed=10_000 + 97 * i + k)
             if y:
                 full = ids + y
                 held.append((full, len(ids), client.token_logprobs(full, len(ids), xs)))
-    before_u = [client.token_logprobs(f, s, None) for f, s, _ in held]
-    kl_before = kl_estimate([h[2] for h in held], before_u)
+    return held
+
+
+def kl_to_unsteered(client: Client, held: list) -> float:
+    """KL(steered ‖ the live unsteered model) over ``steered_samples``."""
+    return kl_estimate([h[2] for h in held], [client.token_logprobs(f, s, None) for f, s, _ in held])
+
+
+def train_in(client: Client, vector: str, scale: float, prompts: list, heldout: list, *, max_tokens: int = 24,
+             epochs: int = 2, samples: int = 2, layers=None, wait_s: float = 1800, drop: bool = False,
+             until: float | None = None, max_rounds: int = 1, log=print) -> dict:
+    """``epochs`` passes of fresh steered samples per round; with ``until`` (a KL ratio in (0, 1)),
+    rounds go on until KL_after / KL_before ≤ ``until`` or ``max_rounds`` rounds are done."""
+    if until is not None and not (0 < until < 1):
+        raise ValueError(f"until must be a KL ratio in (0, 1), got {until}")
+    if max_rounds < 1 or epochs < 1:
+        raise ValueError("epochs and max_rounds must be >= 1")
+    xs = steer_args(vector, scale, layers)
+    # held-out: steered continuations and their steered log-probs, before anything changes
+    held = steered_samples(client, xs, heldout, max_tokens, samples)
+    kl_before = kl_to_unsteered(client, held)
     log(f"KL(steered || unsteered) on {len(held)} held-out samples before: {kl_before:.4f} nats/token")
-    # training data: steered replies to the training prompts
-    examples = []
-    for e in range(epochs):
-        for i, p in enumerate(prompts):
-            ids = client.tokenize(p)
-            y = client.generate_ids(ids, max_tokens, xs, seed=1000 * e + i)
-            if y:
-                examples.append({"context": p, "decision": client.detokenize(y), "eos": False})
     st0 = client.call("GET", "/v1/training/status")
-    body = "\n".join(json.dumps(e) for e in examples).encode()
-    client.call("POST", "/v1/training/examples", raw=body, ctype="application/jsonl")
-    target = st0["examples_done"] + len(examples)
     t0 = time.time()
-    while True:
-        st = client.call("GET", "/v1/training/status")
-        if st["examples_done"] >= target and st["examples_queued"] == 0:
+    n_examples, kls = 0, []
+    for r in range(max_rounds):
+        # training data: steered replies to the training prompts, new samples every epoch
+        examples = []
+        for e in range(r * epochs, (r + 1) * epochs):
+            for i, p in enumerate(prompts):
+                ids = client.tokenize(p)
+                y = client.generate_ids(ids, max_tokens, xs, seed=1000 * e + i)
+                if y:
+                    examples.append({"context": p, "decision": client.detokenize(y), "eos": False})
+        st1 = client.call("GET", "/v1/training/status")
+        body = "\n".join(json.dumps(e) for e in examples).encode()
+        client.call("POST", "/v1/training/examples", raw=body, ctype="application/jsonl")
+        n_examples += len(examples)
+        target = st1["examples_done"] + len(examples)
+        while True:
+            st = client.call("GET", "/v1/training/status")
+            if st["examples_done"] >= target and st["examples_queued"] == 0:
+                break
+            if time.time() - t0 > wait_s:
+                raise ServerError(f"training did not finish in {wait_s} s: {st}")
+            if st.get("paused"):
+                raise ServerError("training is paused (forgetting guard or operator); not waiting")
+            time.sleep(1.0)
+        kls.append(kl_to_unsteered(client, held))
+        log(f"KL(steered || trained, unsteered) after round {r + 1} ({n_examples} examples): {kls[-1]:.4f} nats/token")
+        if until is None or not (kl_before > 0 and math.isfinite(kl_before)) or kls[-1] <= until * kl_before:
             break
-        if time.time() - t0 > wait_s:
-            raise ServerError(f"training did not finish in {wait_s} s: {st}")
-        if st.get("paused"):
-            raise ServerError("training is paused (forgetting guard or operator); not waiting")
-        time.sleep(1.0)
-    after_u = [client.token_logprobs(f, s, None) for f, s, _ in held]
-    kl_after = kl_estimate([h[2] for h in held], after_u)
-    log(f"KL(steered || trained, unsteered) after: {kl_after:.4f} nats/token")
+    kl_after = kls[-1]
     if drop:
         client.call("DELETE", f"/v1/steering/vectors/{vector}", ok=(200, 204))
-    return {"vector": vector, "scale": scale, "train_prompts": len(prompts), "examples": len(examples),
-            "epochs": epochs, "heldout_samples": len(held), "kl_before": kl_before, "kl_after": kl_after,
+    return {"vector": vector, "scale": scale, "train_prompts": len(prompts), "examples": n_examples,
+            "epochs": epochs * len(kls), "rounds": len(kls), "kl_rounds": kls, "until": until,
+            "heldout_samples": len(held), "kl_before": kl_before, "kl_after": kl_after,
             "kl_ratio": kl_after / kl_before if kl_before and math.isfinite(kl_before) else None,
             "train_seconds": time.time() - t0, "steps": st["step"] - st0["step"],
             "heldout_ppl": st.get("heldout_ppl"), "dropped": drop}
