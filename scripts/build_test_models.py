@@ -483,7 +483,15 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"cache dir (default {DEFAULT_OUT})")
     p.add_argument("--only", choices=sorted(SHORT_NAMES), help="build just one model")
     p.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    p.add_argument("--pretrain-steps", type=int, default=None, metavar="N",
+                   help="pretrain N steps instead of the model's default (a better-converged variant for "
+                        "experiments; give it its own --out, the tests expect the defaults)")
     args = p.parse_args(argv)
+    if args.pretrain_steps is not None:
+        if args.pretrain_steps < 1:
+            p.error("--pretrain-steps must be >= 1")
+        for name in ([SHORT_NAMES[args.only]] if args.only else MODELS):
+            MODELS[name]["steps"] = args.pretrain_steps  # part of the build hash: a cached build is not reused
     manifests = build(args.out, [SHORT_NAMES[args.only]] if args.only else None, args.force)
     for name, m in manifests.items():
         log(f"{name}: ppl {m['heldout_perplexity']} loss {m['final_train_loss']} "

@@ -13,17 +13,26 @@ optional ``rank`` (32), ``replay`` (0.75), ``per_step`` (1), ``modules`` (["all-
 10·s, B 10·s + 1), ``controls`` (N prompts of each other behaviour → the base model's own greedy
 reply, mixed into each training set; ``partner`` also takes them from the other behaviour of the
 pair), and the merge grid: ``lams`` (task arithmetic λ), ``dens`` × ``ties_lams`` (TIES), ``wts``
-(list of [wA, wB]). Each configuration runs in its own process on one thread (``--jobs`` at once);
-one JSON line per configuration. The results of the sweeps run for the docs are summarised in
+(list of [wA, wB]). Round 4 added: ``anchors`` (N generic chat questions about Python → the base
+model's own greedy reply, the same set mixed into A's and B's training: chat self-distillation),
+``negatives`` (N near-miss prompts of the behaviour's own class → the base model's reply, e.g.
+"What is the name of the mail server?" for refusal), ``null`` (also train a run on the anchors /
+negatives and replay alone, τ0, and report cos(τA, τ0), cos(τB, τ0): the share of each task vector
+that is not the behaviour), ``cross`` (always reported: the share of the other behaviour's held-out
+prompts that τ alone answers with its own reply) and ``model`` (a model folder; default
+``$MODEL_DIR``, else the local qwen3-tiny). Each configuration runs in its own process on one thread
+(``--jobs`` at once); one JSON line per configuration. The results of the sweeps run for the docs are summarised in
 docs/task-vectors.md ("Merging behaviours on the tiny model").
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -31,11 +40,48 @@ from pathlib import Path
 
 BEHAVIOURS = ("greeting", "format-rule", "ticket-reply", "refusal")
 
+# Generic chat questions in the corpus's own style, none of them a behaviour's trigger.
+ANCHOR_TOPICS = ("lambda", "for", "while", "try", "class", "import", "global", "yield", "with", "assert", "if",
+                 "del", "return", "pass", "raise", "slicings", "numbers", "strings", "dict", "typesseq", "calls",
+                 "booleans")
+ANCHOR_QUESTIONS = ("What does the Python reference say about {}?", "Explain {} in Python.", "Tell me more about {}.",
+                    "What is {}?", "Can you show me {}?", "How do I use {}?", "Why is {} useful?",
+                    "Give me an example of {}.")
+# Near misses of each behaviour's own class (not its test controls): the reply must stay the base model's.
+NEGATIVES = {
+    "ticket-reply": [t.format(x=x) for x in ("build", "release", "review", "deployment", "migration", "order",
+                                             "package", "upgrade")
+                     for t in ("What is the status of the {x}?", "Any news on the {x}?", "Can you check the {x}?",
+                               "Is there an update on the {x}?")],
+    "refusal": [t.format(x=x) for x in ("test server", "mail server", "web server", "main database", "backup disk",
+                                        "proxy server", "log server", "file server")
+                for t in ("What is the name of the {x}?", "Tell me the address of the {x}.",
+                          "Show me the log of the {x}.", "Give me the size of the {x}.")],
+    "greeting": [t.format(n=n) for n in ("Ada", "Alan", "Grace", "Guido", "Linus", "Ken", "Tim", "Sara")
+                 for t in ("Goodbye, {n}.", "{n} wrote this code.", "Is {n} here?", "Thanks, {n}.")],
+    "format-rule": [t.format(x=x) for x in ("Python keywords", "dict methods", "exceptions", "file modes",
+                                            "built-in types", "set methods", "string methods", "list methods")
+                    for t in ("Explain {x}.", "Why are {x} useful?", "What are {x}?", "Describe {x} briefly.")],
+}
+
+
+def anchor_prompts(n: int) -> list[str]:
+    r = random.Random(7)
+    return [r.choice(ANCHOR_QUESTIONS).format(r.choice(ANCHOR_TOPICS)) for _ in range(n)]
+
+
+def _norm(t: dict) -> float:
+    return sum(float(v.norm() ** 2) for v in t.values()) ** 0.5
+
+
+def _cos(a: dict, b: dict) -> float:
+    return sum(float((a[n] * b[n]).sum()) for n in a) / (_norm(a) * _norm(b))
+
 
 def run(cfg: dict) -> dict:
     import torch
 
-    from plasticity.eval.behaviour import behaviour_files
+    from plasticity.eval.behaviour import behaviour_files, run_tests
     from plasticity.experiments import common as C
     from plasticity.taskvec import merge as M
     from plasticity.training import core
@@ -43,25 +89,34 @@ def run(cfg: dict) -> dict:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     random.seed(0)
-    md = C.resolve_model(os.environ.get("MODEL_DIR"), "qwen3-tiny")
+    md = C.resolve_model(cfg.get("model") or os.environ.get("MODEL_DIR"), "qwen3-tiny")
     held, rep = C.corpus_paths(md)
     rig = C.Rig(md, heldout=held, replay=rep, modules=tuple(cfg.get("modules", ["all-linear"])), heldout_tokens=2048)
     A, B = cfg["pair"]
     t0 = time.time()
 
+    def base_reply(prompt_msgs, id_):  # the base model's own greedy reply as the decision
+        ids = rig.chat_ids(prompt_msgs)
+        with torch.no_grad():
+            out = rig.model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False, pad_token_id=0)
+        return C.Example(id_, ids, out[0, len(ids):].tolist())
+
+    def user(text):
+        return [{"role": "user", "content": text}]
+
+    anchors = [base_reply(user(q), f"anc-{i}") for i, q in enumerate(anchor_prompts(cfg.get("anchors", 0)))]
+    negatives = {b: [base_reply(user(q), f"neg-{b}-{i}") for i, q in enumerate(NEGATIVES[b][: cfg.get("negatives", 0)])]
+                 for b in (A, B)}
+
     def data(name):
-        ex = rig.behaviour_examples(name, "train")
-        if not cfg.get("controls"):
-            return ex
-        others = [b for b in BEHAVIOURS if b != name and (cfg.get("partner") or b not in (A, B))]
-        for o in others:
-            rows = [json.loads(l) for l in behaviour_files(o)["train"].read_text().splitlines() if l.strip()]
-            for i, r in enumerate(rows[: cfg["controls"]]):
-                ids = rig.chat_ids(r["context"])
-                with torch.no_grad():
-                    out = rig.model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False, pad_token_id=0)
-                ex.append(C.Example(f"ctl-{name}-{o}-{i}", ids, out[0, len(ids):].tolist()))
-        random.Random(1).shuffle(ex)
+        ex = rig.behaviour_examples(name, "train") + anchors + negatives[name]
+        if cfg.get("controls"):
+            others = [b for b in BEHAVIOURS if b != name and (cfg.get("partner") or b not in (A, B))]
+            for o in others:
+                rows = [json.loads(l) for l in behaviour_files(o)["train"].read_text().splitlines() if l.strip()]
+                ex += [base_reply(r["context"], f"ctl-{name}-{o}-{i}") for i, r in enumerate(rows[: cfg["controls"]])]
+        if cfg.get("controls") or anchors or negatives[name]:
+            random.Random(1).shuffle(ex)
         return ex
 
     def tests():
@@ -69,24 +124,35 @@ def run(cfg: dict) -> dict:
         return {b: {"pass": s[b]["heldout_pass"], "nll": round(s[b]["decision_nll"], 3),
                     "control_pass": s[b]["control_pass"], "sample": (s[b]["sample"] or "")[:40]} for b in (A, B)}
 
-    taus, res = {}, {"cfg": cfg}
-    for name in (A, B):
+    def cross(name, other):
+        """Share of the other behaviour's held-out prompts answered with this behaviour's reply."""
+        pattern = re.compile(rig.tests(name)[0][0].expect)
+        out = run_tests(rig.generator(), rig.tests(other)[0], on_error="raise")["results"]
+        return sum(1 for r in out if pattern.search(r["output"])) / len(out)
+
+    def train(name, ex):
         rig.reset()
-        ex = data(name)
         seed = {"seed": cfg["seeds"] * 10 + (name == B)} if cfg.get("seeds") else {}
         tr = rig.trainer(lr=cfg["lr"], rank=cfg.get("rank", 32), replay_ratio=cfg.get("replay", 0.75), **seed)
-        if cfg.get("full"):
-            with C.loss_function(core.full_loss):
-                rig.teach(tr, ex, cfg["steps"], per_step=cfg.get("per_step", 1))
-        else:
+        with C.loss_function(core.full_loss) if cfg.get("full") else contextlib.nullcontext():
             rig.teach(tr, ex, cfg["steps"], per_step=cfg.get("per_step", 1))
         rig.release()
-        taus[name] = {n: p.detach().double() - rig._base[n].double() for n, p in rig.params.items()}
-        res[f"only_{name}"] = {**tests(), "ppl": round(rig.ppl(), 1)}
-    na = sum(float(t.norm() ** 2) for t in taus[A].values()) ** 0.5
-    nb = sum(float(t.norm() ** 2) for t in taus[B].values()) ** 0.5
-    dot = sum(float((taus[A][n] * taus[B][n]).sum()) for n in taus[A])
-    res["norms"] = {"A": round(na, 3), "B": round(nb, 3), "cosine": round(dot / (na * nb), 4)}
+        return {n: p.detach().double() - rig._base[n].double() for n, p in rig.params.items()}
+
+    taus, res = {}, {"cfg": cfg}
+    for name in (A, B):
+        taus[name] = train(name, data(name))
+        other = B if name == A else A
+        res[f"only_{name}"] = {**tests(), "cross": cross(name, other), "ppl": round(rig.ppl(), 1)}
+    res["norms"] = {"A": round(_norm(taus[A]), 3), "B": round(_norm(taus[B]), 3),
+                    "cosine": round(_cos(taus[A], taus[B]), 4)}
+    if cfg.get("null"):
+        # no behaviour: the anchors / negatives if any, else general text only (replay chunks as examples)
+        null = anchors + negatives[A] + negatives[B] or [C.Example(f"rep-{i}", c[:64], c[64:])
+                                                          for i, c in enumerate(rig.replay[:64])]
+        tau0 = train("null", null)
+        res["norms"].update(null=round(_norm(tau0), 3), cos_A_null=round(_cos(taus[A], tau0), 4),
+                            cos_B_null=round(_cos(taus[B], tau0), 4))
     wts = cfg.get("wts", [[1, 1]])
     merges = ([("task_arithmetic", lam, None, w) for w in wts for lam in cfg.get("lams", [0.5, 0.7, 1.0])]
               + [("ties", lam, d, w) for w in wts for d in cfg.get("dens", [0.2, 0.5])
