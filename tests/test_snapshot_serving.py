@@ -298,9 +298,12 @@ def test_guard_catches_a_harmful_run(tv_server):
         _ok(*ts.request(srv, "POST", "/v1/training/examples", raw="\n".join(bad).encode(),
                         ctype="application/jsonl"), want=202)
         t0 = time.time()
-        while (st := ts.status(srv))["guard"]["trips"] == trips0:
+        # the event shows from the moment training pauses; heldout_ppl_after once the rollback is done
+        while ((st := ts.status(srv))["guard"]["trips"] == trips0
+               or st["guard"]["events"][-1]["heldout_ppl_after"] is None):
+            assert st["guard"]["trips"] == trips0 or st["paused"], st  # never a trip without the pause
             assert time.time() - t0 < 600, st
-            time.sleep(0.5)
+            time.sleep(0.2)
     finally:
         _ok(*ts.request(srv, "POST", "/v1/training/settings", {"lr": 1e-3}))
     ev = st["guard"]["events"][-1]

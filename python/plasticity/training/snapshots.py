@@ -315,14 +315,17 @@ class Guard:
         limit = self.ref_ppl * (1 + self.threshold)
         if ppl <= limit and math.isfinite(ppl):
             return None
+        # The event is visible (status, /metrics) right after training is paused, during the
+        # rollback (heldout_ppl_after null until it is done), not only once the rollback is over.
+        ev = {"time": time.time(), "step": trainer.stats["step"], "heldout_ppl": ppl, "limit": limit,
+              "reference": self.ref_name or "base", "reference_ppl": self.ref_ppl, "heldout_ppl_after": None,
+              "action": "paused training, rolling back"}
         trainer.paused.set()
+        self.events.append(ev)
         self.snaps.restore(self.ref_name)
         trainer.reset_optimizer()
         after = trainer.heldout_ppl()
-        ev = {"time": time.time(), "step": trainer.stats["step"], "heldout_ppl": ppl, "limit": limit,
-              "reference": self.ref_name or "base", "reference_ppl": self.ref_ppl, "heldout_ppl_after": after,
-              "action": "paused training and rolled back"}
-        self.events.append(ev)
+        ev.update(heldout_ppl_after=after, action="paused training and rolled back")
         trainer.stats["heldout_ppl"] = after
         log.warning("plasticity: forgetting guard: held-out perplexity %.3f > %.3f (%s %.3f + %.0f%%) at step %d: "
                     "training paused, live weights rolled back to %s (perplexity now %.3f)", ppl, limit,
