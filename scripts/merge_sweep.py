@@ -18,7 +18,8 @@ model's own greedy reply, the same set mixed into A's and B's training: chat sel
 ``negatives`` (N near-miss prompts of the behaviour's own class → the base model's reply, e.g.
 "What is the name of the mail server?" for refusal), ``null`` (also train a run on the anchors /
 negatives and replay alone, τ0, and report cos(τA, τ0), cos(τB, τ0): the share of each task vector
-that is not the behaviour), ``cross`` (always reported: the share of the other behaviour's held-out
+that is not the behaviour), ``self_replay`` (replay the base model's own sampled continuations of
+the corpus windows instead of the corpus text), ``cross`` (always reported: the share of the other behaviour's held-out
 prompts that τ alone answers with its own reply) and ``model`` (a model folder; default
 ``$MODEL_DIR``, else the local qwen3-tiny). Each configuration runs in its own process on one thread
 (``--jobs`` at once); one JSON line per configuration. The results of the sweeps run for the docs are summarised in
@@ -104,6 +105,19 @@ def run(cfg: dict) -> dict:
     def user(text):
         return [{"role": "user", "content": text}]
 
+    if cfg.get("self_replay"):
+        # Replay the base model's own continuations of the corpus windows instead of the corpus text:
+        # in expectation the gradient of a model's NLL on its own samples is zero, so replay then holds
+        # the model in place instead of pretraining it further in both runs.
+        torch.manual_seed(1234)
+        own = []
+        for i in range(0, len(rig.replay), 32):
+            ctx = torch.tensor([c[:64] for c in rig.replay[i: i + 32]])
+            with torch.no_grad():
+                out = rig.model.generate(ctx, attention_mask=torch.ones_like(ctx), max_new_tokens=64, min_new_tokens=64,
+                                         do_sample=True, temperature=1.0, top_k=0, top_p=1.0, pad_token_id=0)
+            own += out.tolist()
+        rig.replay[:] = own
     anchors = [base_reply(user(q), f"anc-{i}") for i, q in enumerate(anchor_prompts(cfg.get("anchors", 0)))]
     negatives = {b: [base_reply(user(q), f"neg-{b}-{i}") for i, q in enumerate(NEGATIVES[b][: cfg.get("negatives", 0)])]
                  for b in (A, B)}
