@@ -137,11 +137,32 @@ def test_merge_task_arithmetic_equals_sum(rig):
     assert not _same(params, base)
     snaps.restore(None)
     assert _same(params, base)
+    # relative to a third run c: base + τc + merge(τa − τc, τb − τc)
+    tr.reset_optimizer()
+    _train(tr, tok, ["Explain for in Python."], "The for statement is used to iterate.", steps=3)
+    snaps.save("c", {})
+    c = _state(params)
+    out = snaps.merge("task_arithmetic", ["a", "b"], [1.0, 1.0], 1.0, relative_to="c")
+    assert out["relative_to"] == "c"
+    for n in params:
+        ta, tb, tc_ = (x[n].double() - base[n].double() for x in (a, b, c))
+        want = (base[n].double() + ta + tb - tc_).float()
+        assert torch.allclose(params[n], want, atol=1e-7, rtol=0), n
+    from plasticity.taskvec.merge import ties
+
+    snaps.merge("ties", ["a", "b"], None, 1.5, 0.5, relative_to="c")
+    for n in params:
+        ta, tb, tc_ = (x[n].double() - base[n].double() for x in (a, b, c))
+        want = (base[n].double() + tc_ + ties([ta - tc_, tb - tc_], None, density=0.5, lam=1.5).double()).float()
+        assert torch.allclose(params[n], want, atol=1e-7, rtol=0), n
+    snaps.restore(None)
+    assert _same(params, base)
 
 
 @pytest.mark.parametrize("case,code", [
     ("unknown", 404), ("bad-name", 400), ("density-0", 400), ("density-1.5", 400), ("weights-count", 400),
     ("other-model", 409), ("shape-mismatch", 409), ("exists", 409), ("nan-scale", 400), ("bad-method", 400),
+    ("relative-missing", 404), ("relative-self", 400), ("relative-not-a-name", 400),
 ])
 def test_bad_requests_change_nothing(rig, tmp_path, case, code):
     m, tr, snaps, params, tok = rig
@@ -168,6 +189,9 @@ def test_bad_requests_change_nothing(rig, tmp_path, case, code):
         "other-model": lambda: snaps.restore("a"), "shape-mismatch": lambda: snaps.merge("task_arithmetic", ["a"]),
         "exists": lambda: snaps.save("a", {}), "nan-scale": lambda: snaps.add("a", float("nan")),
         "bad-method": lambda: snaps.merge("dare", ["a"]),
+        "relative-missing": lambda: snaps.merge("ties", ["a"], relative_to="nope"),
+        "relative-self": lambda: snaps.merge("ties", ["a"], relative_to="a"),
+        "relative-not-a-name": lambda: snaps.merge("task_arithmetic", ["a"], relative_to=["a"]),
     }
     with pytest.raises(snapshots.SnapshotError) as e:
         calls[case]()

@@ -6,7 +6,8 @@
 - ``POST /v1/snapshots/{name}/evals``    ``{...}`` appended to the snapshot's ``evals`` (``plasticity eval``)
 - ``POST /v1/snapshots/apply``           ``{"method": "add"|"negate", "snapshot", "scale"?}`` (live += s·τ)
                                          | ``{"method": "task_arithmetic"|"ties", "snapshots": [...],
-                                         ``"weights"?, "lambda"?, "density"?, "normalize"?}`` (live = base + merge)
+                                         ``"weights"?, "lambda"?, "density"?, "normalize"?, "relative_to"?}``
+                                         (live = base + merge; with ``relative_to`` R: base + τR + merge(τi − τR))
 - ``POST /v1/rollback``                  ``{"to": "base" | name}`` (bit-identical)
 
 Each operation runs in the worker on the training thread between two steps (serving

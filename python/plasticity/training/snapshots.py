@@ -240,8 +240,13 @@ class Snapshots:
         return {"added": name, "scale": scale}
 
     def merge(self, method: str, names: list[str], weights=None, lam: float = 1.0, density=None,
-              normalize: bool | None = None) -> dict:
-        """Live weights := base + merge(τ_names) (task arithmetic or TIES, mergekit semantics)."""
+              normalize: bool | None = None, relative_to: str | None = None) -> dict:
+        """Live weights := base + merge(τ_names) (task arithmetic or TIES, mergekit semantics).
+
+        ``relative_to`` (a snapshot R): live := base + τR + merge(τi − τR), i.e. R is the merge's
+        base model, as mergekit's ``base_model``. For runs that share a part which is not the
+        behaviour (e.g. the same replay data moving an under-trained model the same way), a
+        snapshot of that shared part alone keeps it from being counted twice or halved."""
         if method not in ("ties", "task_arithmetic"):
             raise SnapshotError(f"method must be 'ties' or 'task_arithmetic', got {method!r}")
         if not isinstance(names, list) or not names:
@@ -258,19 +263,33 @@ class Snapshots:
                 task_arithmetic(probe, weights, lam, normalize=normalize)
         except TaskVectorError as e:
             raise SnapshotError(str(e)) from None
+        if relative_to is not None and (not isinstance(relative_to, str) or relative_to in names):
+            raise SnapshotError("'relative_to' must be the name of a snapshot not among 'snapshots'")
         files = [self._open(n) for n in names]
+        ref = self._open(relative_to) if relative_to is not None else None
+
+        def get(f, n, shape):
+            return f.get(n) if n in f.tensors else torch.zeros(shape, dtype=torch.float32)
+
         for n in sorted(self.params):
             live = self.params[n]
-            ds = [f.get(n) if n in f.tensors else torch.zeros(live.shape, dtype=torch.float32) for f in files]
+            shared = get(ref, n, live.shape) if ref is not None else None
+            ds = [get(f, n, live.shape) for f in files]
+            if shared is not None:  # in the wider of the two dtypes, so τi − τR is exact for f32 deltas
+                wide = torch.promote_types(shared.dtype, ds[0].dtype)
+                shared = shared.to(wide)
+                ds = [d.to(wide) - shared for d in ds]
             if method == "ties":
                 delta = ties(ds, weights, lam=lam, normalize=normalize, **kw)
             else:
                 delta = task_arithmetic(ds, weights, lam, normalize=normalize)
+            if shared is not None:
+                delta = shared + delta.to(shared.dtype)
             new = self.base.get(n, live)
             add_delta_(new, delta)
             self._write_live(n, new)
         self.current = None
-        return {"merged": names, "method": method}
+        return {"merged": names, "method": method, **({"relative_to": relative_to} if ref is not None else {})}
 
 
 def _write_json(path: Path, obj) -> None:

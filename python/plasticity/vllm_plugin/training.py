@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 
@@ -153,7 +154,7 @@ class _State:
             res = self.snaps.add(spec.get("snapshot"), scale)
         else:
             res = self.snaps.merge(m, spec.get("snapshots"), spec.get("weights"), spec.get("lambda", 1.0),
-                                   spec.get("density"), spec.get("normalize"))
+                                   spec.get("density"), spec.get("normalize"), spec.get("relative_to"))
         self.trainer.reset_optimizer()
         return res
 
@@ -251,11 +252,19 @@ def _digest(st, pattern=""):
 
 
 def _settings(st, changes=None):
-    """Change training settings while serving (today: lr); returns the current ones."""
+    """Change training settings while serving (lr, guard_threshold, replay_seed); returns the current ones."""
     changes = dict(changes or {})
-    unknown = set(changes) - {"lr", "guard_threshold"}
+    unknown = set(changes) - {"lr", "guard_threshold", "replay_seed"}
     if unknown:
-        raise ValueError(f"unknown settings {sorted(unknown)} (supported: lr, guard_threshold)")
+        raise ValueError(f"unknown settings {sorted(unknown)} (supported: lr, guard_threshold, replay_seed)")
+    if "replay_seed" in changes:
+        # Restart the replay sampler: runs started with the same seed replay the same windows, so
+        # the part of their task vectors that replay makes is shared (merges relative_to a
+        # replay-only snapshot subtract it; docs/task-vectors.md, "Round 5").
+        seed = changes["replay_seed"]
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError("replay_seed must be an integer")
+        st.trainer.rng, st.trainer.replay_credit = random.Random(seed), 0.0
     if "guard_threshold" in changes:
         thr = float(changes["guard_threshold"])
         if st.trainer.guard is None or not (0 < thr < float("inf")):
@@ -268,7 +277,8 @@ def _settings(st, changes=None):
         for g in st.trainer.opt.param_groups:
             g["lr"] = lr
     return {"lr": st.trainer.opt.param_groups[0]["lr"],
-            "guard_threshold": None if st.trainer.guard is None else st.trainer.guard.threshold}
+            "guard_threshold": None if st.trainer.guard is None else st.trainer.guard.threshold,
+            **({"replay_seed": changes["replay_seed"]} if "replay_seed" in changes else {})}
 
 
 def _embed(st, batch):
