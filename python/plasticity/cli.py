@@ -23,9 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     from .memory.cli import add_parser as add_memory
     from .steering.cli import add_parser as add_steer
     from .taskvec.cli import add_parser as add_tv
+    from .taskvec.snapshot_cli import add_parser as add_snapshot
 
     add_steer(sub)
     add_tv(sub)
+    add_snapshot(sub)
     add_eval(sub)
     add_memory(sub)
     add_dream(sub)
