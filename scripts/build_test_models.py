@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Build two tiny, briefly pretrained HF models (+ tokenizer) for tests.
+"""Build three tiny, briefly pretrained HF models (+ tokenizer) for tests.
 
 Everything is derived from text shipped with the interpreter (the Python
 language reference in ``pydoc_data.topics`` and a fixed list of pure-Python
@@ -14,8 +14,9 @@ Layout under ``--out`` (default: ``<repo>/.cache/plasticity/models``)::
     qwen3-tiny/  config.json model.safetensors generation_config.json
                  tokenizer files, manifest.json
     qwen3_5-tiny/ (same; hybrid Gated DeltaNet + full attention)
+    qwen3-tiny-long/ (qwen3-tiny pretrained 1200 steps instead of 300: the merge test's base)
 
-Usage: python scripts/build_test_models.py [--out DIR] [--only qwen3|qwen3_5] [--force]
+Usage: python scripts/build_test_models.py [--out DIR] [--only qwen3|qwen3_5|qwen3-long] [--force]
 """
 
 from __future__ import annotations
@@ -104,7 +105,14 @@ MODELS = {
         ),
     ),
 }
-SHORT_NAMES = {"qwen3": "qwen3-tiny", "qwen3_5": "qwen3_5-tiny"}
+# The same Qwen3 pretrained 4x longer (held-out perplexity ~51 instead of ~190): the merge test
+# needs a base whose chat replies are text and that has learnt enough of its corpus for replay
+# not to move two fine-tunes the same way (docs/task-vectors.md, "Merging behaviours").
+MODELS["qwen3-tiny-long"] = dict(MODELS["qwen3-tiny"], steps=1200)
+# What a build without --only makes (the demo's and most tests' models); the long one is built on
+# first use by tests/models.py or with --only qwen3-long (about 400 s more).
+DEFAULT_MODELS = ("qwen3-tiny", "qwen3_5-tiny")
+SHORT_NAMES = {"qwen3": "qwen3-tiny", "qwen3_5": "qwen3_5-tiny", "qwen3-long": "qwen3-tiny-long"}
 
 
 def log(msg: str) -> None:
@@ -471,7 +479,7 @@ def build_model(out: Path, name: str, corpus: dict, tokenizer: dict, force: bool
 def build(out: Path = DEFAULT_OUT, only: list[str] | None = None, force: bool = False) -> dict:
     """Build (or reuse) corpus, tokenizer and the requested models; return their manifests."""
     out = Path(out)
-    names = only or list(MODELS)
+    names = only or list(DEFAULT_MODELS)
     with build_lock(out):
         corpus = build_corpus(out, force)
         tokenizer = build_tokenizer(out, corpus, force)
@@ -490,7 +498,7 @@ def main(argv=None) -> int:
     if args.pretrain_steps is not None:
         if args.pretrain_steps < 1:
             p.error("--pretrain-steps must be >= 1")
-        for name in ([SHORT_NAMES[args.only]] if args.only else MODELS):
+        for name in ([SHORT_NAMES[args.only]] if args.only else DEFAULT_MODELS):
             MODELS[name]["steps"] = args.pretrain_steps  # part of the build hash: a cached build is not reused
     manifests = build(args.out, [SHORT_NAMES[args.only]] if args.only else None, args.force)
     for name, m in manifests.items():

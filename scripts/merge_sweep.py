@@ -18,7 +18,8 @@ model's own greedy reply, the same set mixed into A's and B's training: chat sel
 ``negatives`` (N near-miss prompts of the behaviour's own class → the base model's reply, e.g.
 "What is the name of the mail server?" for refusal), ``null`` (also train a run on the anchors /
 negatives and replay alone, τ0, and report cos(τA, τ0), cos(τB, τ0): the share of each task vector
-that is not the behaviour), ``self_replay`` (replay the base model's own sampled continuations of
+that is not the behaviour), ``relative`` (with ``null``: also every merge relative to the replay-only run, base + τ0 +
+merge(τA − τ0, τB − τ0)), ``self_replay`` (replay the base model's own sampled continuations of
 the corpus windows instead of the corpus text), ``cross`` (always reported: the share of the other behaviour's held-out
 prompts that τ alone answers with its own reply) and ``model`` (a model folder; default
 ``$MODEL_DIR``, else the local qwen3-tiny). Each configuration runs in its own process on one thread
@@ -41,13 +42,6 @@ from pathlib import Path
 
 BEHAVIOURS = ("greeting", "format-rule", "ticket-reply", "refusal")
 
-# Generic chat questions in the corpus's own style, none of them a behaviour's trigger.
-ANCHOR_TOPICS = ("lambda", "for", "while", "try", "class", "import", "global", "yield", "with", "assert", "if",
-                 "del", "return", "pass", "raise", "slicings", "numbers", "strings", "dict", "typesseq", "calls",
-                 "booleans")
-ANCHOR_QUESTIONS = ("What does the Python reference say about {}?", "Explain {} in Python.", "Tell me more about {}.",
-                    "What is {}?", "Can you show me {}?", "How do I use {}?", "Why is {} useful?",
-                    "Give me an example of {}.")
 # Near misses of each behaviour's own class (not its test controls): the reply must stay the base model's.
 NEGATIVES = {
     "ticket-reply": [t.format(x=x) for x in ("build", "release", "review", "deployment", "migration", "order",
@@ -66,11 +60,6 @@ NEGATIVES = {
 }
 
 
-def anchor_prompts(n: int) -> list[str]:
-    r = random.Random(7)
-    return [r.choice(ANCHOR_QUESTIONS).format(r.choice(ANCHOR_TOPICS)) for _ in range(n)]
-
-
 def _norm(t: dict) -> float:
     return sum(float(v.norm() ** 2) for v in t.values()) ** 0.5
 
@@ -82,6 +71,7 @@ def _cos(a: dict, b: dict) -> float:
 def run(cfg: dict) -> dict:
     import torch
 
+    from plasticity.eval.anchors import anchor_prompts
     from plasticity.eval.behaviour import behaviour_files, run_tests
     from plasticity.experiments import common as C
     from plasticity.taskvec import merge as M
@@ -146,7 +136,10 @@ def run(cfg: dict) -> dict:
 
     def train(name, ex):
         rig.reset()
-        seed = {"seed": cfg["seeds"] * 10 + (name == B)} if cfg.get("seeds") else {}
+        # A gets 10·s, B 10·s + ``b_seed`` (default 1), the replay-only run 10·s + ``null_seed`` (default 0:
+        # A's replay stream); the seed also picks the replay windows, so equal seeds replay the same text
+        off = cfg.get("b_seed", 1) if name == B else cfg.get("null_seed", 0) if name == "null" else 0
+        seed = {"seed": cfg["seeds"] * 10 + off} if cfg.get("seeds") else {}
         tr = rig.trainer(lr=cfg["lr"], rank=cfg.get("rank", 32), replay_ratio=cfg.get("replay", 0.75), **seed)
         with C.loss_function(core.full_loss) if cfg.get("full") else contextlib.nullcontext():
             rig.teach(tr, ex, cfg["steps"], per_step=cfg.get("per_step", 1))
@@ -171,15 +164,21 @@ def run(cfg: dict) -> dict:
     merges = ([("task_arithmetic", lam, None, w) for w in wts for lam in cfg.get("lams", [0.5, 0.7, 1.0])]
               + [("ties", lam, d, w) for w in wts for d in cfg.get("dens", [0.2, 0.5])
                  for lam in cfg.get("ties_lams", [1.0, 1.5])])
+    # ``relative``: merge the behaviours relative to the replay-only run, base + τ0 + merge(τA − τ0, τB − τ0),
+    # so the part both runs share (more pretraining on the replay text) is counted once, not twice or halved.
+    rels = [False] + ([True] if cfg.get("null") and cfg.get("relative") else [])
     res["merges"] = []
-    for method, lam, d, w in merges:
-        rig.reset()
-        with torch.no_grad():
-            for n, p in rig.params.items():
-                ds = [taus[A][n], taus[B][n]]
-                m = M.task_arithmetic(ds, w, lam) if method == "task_arithmetic" else M.ties(ds, w, d, lam)
-                p.copy_((rig._base[n].double() + m.double()).to(p.dtype))
-        res["merges"].append({"method": method, "lambda": lam, "density": d, "weights": w, **tests()})
+    for rel in rels:
+        for method, lam, d, w in merges:
+            rig.reset()
+            with torch.no_grad():
+                for n, p in rig.params.items():
+                    shared = tau0[n] if rel else 0.0
+                    ds = [taus[A][n] - shared, taus[B][n] - shared]
+                    m = M.task_arithmetic(ds, w, lam) if method == "task_arithmetic" else M.ties(ds, w, d, lam)
+                    p.copy_((rig._base[n].double() + shared + m.double()).to(p.dtype))
+            res["merges"].append({"method": method, "lambda": lam, "density": d, "weights": w,
+                                  "relative_to_null": rel, **tests()})
     rig.reset()
     res["seconds"] = round(time.time() - t0)
     return res
@@ -213,7 +212,7 @@ def main(argv=None) -> int:
                     A, B = cfgs[i]["pair"]
                     top = max(best["merges"], key=lambda m: min(m[A]["pass"], m[B]["pass"]))
                     print(f"[{i}] {A}+{B}: best merge {top['method']} λ {top['lambda']} density {top['density']} "
-                          f"weights {top['weights']}: {top[A]['pass']:.2f} / {top[B]['pass']:.2f}", file=sys.stderr)
+                          f"weights {top['weights']} relative {top.get('relative_to_null', False)}: {top[A]['pass']:.2f} / {top[B]['pass']:.2f}", file=sys.stderr)
         time.sleep(1)
     text = "\n".join(lines) + "\n"
     if a.out:

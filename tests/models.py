@@ -16,7 +16,7 @@ import pathlib
 import sys
 
 _SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "build_test_models.py"
-MODEL_NAMES = ("qwen3-tiny", "qwen3_5-tiny")
+MODEL_NAMES = ("qwen3-tiny", "qwen3_5-tiny", "qwen3-tiny-long")
 
 
 def _builder():

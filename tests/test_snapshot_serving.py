@@ -100,9 +100,10 @@ def test_snapshots_rollback_negate_and_merge(tv_server):
                   heldout_ppl_A=meta_a["heldout_ppl"])
     print("\nSNAPSHOTS E2E", json.dumps(REPORT, indent=1))
     assert rate_a >= 0.75 and rate_b >= 0.75, REPORT
-    # The merged pass rates are reported, not asserted: on this 4-layer model every merge we
-    # tried (task arithmetic λ 0.5-1, TIES density 0.2-1, λ 1-2) loses both behaviours
-    # (docs/task-vectors.md "Merging behaviours on the tiny model"). The goal is open.
+    # The merged pass rates are reported, not asserted: on this 300-step base every merge we
+    # tried (task arithmetic λ 0.5-1, TIES density 0.2-1, λ 1-2) loses a behaviour
+    # (docs/task-vectors.md "Merging behaviours on the tiny model"). The merge that keeps both
+    # is asserted on the better-pretrained base in tests/test_merge_serving.py.
     assert all(0.0 <= v <= 1.0 for m in merged.values() for v in m.values()), REPORT
 
 
@@ -224,6 +225,13 @@ def test_eval_snapshot_on_the_server(tv_server, tmp_path):
     ("/v1/snapshots/apply", {"method": "task_arithmetic", "snapshots": ["A"], "weights": [1, 2]}, 400),
     ("/v1/snapshots/apply", {"method": "task_arithmetic", "snapshots": ["A", "missing"]}, 404),
     ("/v1/snapshots/apply", {"method": "dare", "snapshots": ["A"]}, 400),
+    ("/v1/snapshots/apply", {"method": "ties", "snapshots": ["A", "B"], "relative_to": "missing"}, 404),
+    ("/v1/snapshots/apply", {"method": "ties", "snapshots": ["A", "B"], "relative_to": "A"}, 400),
+    ("/v1/snapshots/apply", {"method": "task_arithmetic", "snapshots": ["A"], "relative_to": 3}, 400),
+    ("/v1/training/settings", {"replay_seed": "x"}, 400),
+    ("/v1/training/settings", {"replay_seed": True}, 400),
+    ("/v1/training/settings", {"replay_seed": 1.5}, 400),
+    ("/v1/training/settings", {"momentum": 0.9}, 400),
     ("/v1/snapshots/apply", {"method": "add", "snapshot": "A", "scale": "x"}, 400),
 ])
 def test_bad_snapshot_requests_change_nothing(tv_server, path, body, code):
