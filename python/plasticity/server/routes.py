@@ -16,28 +16,30 @@ the server's API key when one is set):
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import os
 import secrets
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from plasticity.http import auth
+from plasticity.http.body import BodyError, loads
+from plasticity.http.errors import error_response as _err
+from plasticity.http.errors import private_dir
 from plasticity.steering import config as steering_config
 from plasticity.steering.files import load_vector_file
 from plasticity.steering.spec import SteeringError
 
 from .catalogue import Catalogue, directions_from_values
-from .middleware import SteeringMiddleware
+from .middleware import REWRITE_PATHS, PlasticityMiddleware, generation_routes
 from .training_routes import TrainingRoutes
 
 log = logging.getLogger("vllm.plasticity.steering")  # under vllm.* so vLLM's handlers print it
 
 
-def _err(msg: str, code: int) -> JSONResponse:
-    return JSONResponse({"error": {"message": msg, "type": "BadRequestError" if code == 400 else "Error", "code": code}},
-                        status_code=code)
+async def _json_body(request: Request):
+    """The body as parsed JSON; BodyError (400) for malformed or absurdly nested JSON."""
+    return loads(await request.body())
 
 
 class PlasticityEndpoints:
@@ -50,17 +52,16 @@ class PlasticityEndpoints:
         self.tokens: list[bytes] = []
         self.model_path: str | None = None
         self._hf = None  # transformers copy for on-the-spot extraction, loaded on first use
+        self.request_key: bytes | None = None  # signs validated steering flags for the worker
         self.training = TrainingRoutes()  # /v1/training/* (off unless [training] enabled)
+        private_dir(self.cfg.vectors_dir)
 
     # ---- auth ----
     def _guard(self, request: Request) -> JSONResponse | None:
         if not self.cfg.admin:
             return _err("steering admin routes are disabled; set [steering] admin = true in the plasticity config", 403)
-        if self.tokens:
-            scheme, _, tok = request.headers.get("authorization", "").partition(" ")
-            h = hashlib.sha256(tok.encode()).digest()
-            if scheme.lower() != "bearer" or not any(secrets.compare_digest(h, t) for t in self.tokens):
-                return _err("steering admin routes need the server's API key (Authorization: Bearer ...)", 401)
+        if not auth.authorized(request.headers, self.tokens):
+            return _err("steering admin routes need the server's API key (Authorization: Bearer ...)", 401)
         if self.catalogue is None:
             return _err("steering is not initialised (no engine)", 503)
         return None
@@ -82,9 +83,9 @@ class PlasticityEndpoints:
             if (g := plugin._guard(request)) is not None:
                 return g
             try:
-                body = await request.json()
-            except ValueError:
-                return _err("body must be JSON", 400)
+                body = await _json_body(request)
+            except BodyError as e:
+                return _err(str(e), e.code)
             if not isinstance(body, dict):
                 return _err("body must be a JSON object", 400)
             c = plugin.catalogue
@@ -134,9 +135,9 @@ class PlasticityEndpoints:
             if (g := plugin._guard(request)) is not None:
                 return g
             try:
-                body = await request.json()
-            except ValueError:
-                return _err("body must be JSON", 400)
+                body = await _json_body(request)
+            except BodyError as e:
+                return _err(str(e), e.code)
             c = plugin.catalogue
             try:
                 if not isinstance(body, dict):
@@ -150,7 +151,9 @@ class PlasticityEndpoints:
 
         plugin.training.attach(r)
         app.include_router(r)
-        app.add_middleware(SteeringMiddleware, get_catalogue=lambda: plugin.catalogue)
+        app.add_middleware(PlasticityMiddleware, get_catalogue=lambda: plugin.catalogue,
+                           get_key=lambda: plugin.request_key)
+        self.app = app
         from . import capture
 
         capture.install(app)
@@ -181,14 +184,20 @@ class PlasticityEndpoints:
     async def init_state(self, engine_client, state, args) -> None:
         if engine_client is None:
             return
-        keys = [k for k in (getattr(args, "api_key", None) or [os.environ.get("VLLM_API_KEY")]) if k]
-        self.tokens = [hashlib.sha256(k.encode()).digest() for k in keys]
+        self.tokens = auth.key_digests(args)
         self.model_path = getattr(args, "model", None)
         await self.training.init_state(engine_client, args, self.tokens)
         results = await engine_client.collective_rpc("plasticity_info")
         info = results[0]
         if not info.get("ok"):
             raise RuntimeError(f"plasticity: worker steering state unavailable: {info.get('error')}")
+        # One signing key for every worker (and every API server: the first proposal wins).
+        keys = await engine_client.collective_rpc("plasticity_request_key", args=(secrets.token_bytes(32),))
+        if not all(k.get("ok") for k in keys) or len({k["key"] for k in keys}) != 1:
+            raise RuntimeError(f"plasticity: workers did not agree on a steering key: {keys}")
+        self.request_key = keys[0]["key"]
+        log.info("plasticity: steering flags are validated on %s and refused on the other write routes: %s",
+                 sorted(REWRITE_PATHS), generation_routes(getattr(self, "app", None)))
         cat = Catalogue(engine_client, self.cfg, info)
         await cat.load_folder()
         cat.default = cat.spec_from_default(self.cfg.default)

@@ -8,21 +8,48 @@ Requests carry flat keys in ``vllm_xargs`` (vLLM forbids nested dicts there):
 - ``steer_layers``: optional ``"2,3"``/int/list: only these layers of the vectors.
 
 The API server validates against the catalogue and rewrites the flag into the
-canonical strings (``SteerSpec.to_xargs``) before the engine sees it; the
-worker parses those again defensively and never raises into the engine.
+canonical strings (``SteerSpec.to_xargs``) before the engine sees it, adds a
+prefix-cache salt, and signs the canonical form (``steer_sig``, an HMAC with a
+key only the worker and the API server know). The worker steers a request only
+when that signature checks out, so a flag that reached the engine by any other
+route (one the middleware does not rewrite) can never steer a forward, and
+steered K/V is always salted.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
+import hmac
 import re
 from dataclasses import dataclass
 
+from plasticity.numbers import NumberError, parse_float, parse_int
+
 KEYS = ("steer", "steer_scale", "steer_layers")
+SIG_KEY = "steer_sig"  # written by the API server only; a client that sends it is refused
 OFF = ("", "none", "off")
-NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+NAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}", re.ASCII)  # always with fullmatch
+# Words the flag reads as "no steering", and path-like names: never a vector's name.
+RESERVED_NAMES = frozenset({"none", "off", ".", ".."})
 DEFAULT_MAX_ABS_SCALE = 1000.0
+
+
+def valid_name(name) -> bool:
+    return isinstance(name, str) and NAME_RE.fullmatch(name) is not None and name.lower() not in RESERVED_NAMES
+
+
+def _signed_text(xargs: dict) -> bytes:
+    return "\0".join(f"{k}={xargs.get(k, '')}" for k in KEYS).encode()
+
+
+def sign(key: bytes, xargs: dict) -> str:
+    """The signature of the canonical steering strings in ``xargs`` (see module docstring)."""
+    return hmac.new(key, _signed_text(xargs), hashlib.sha256).hexdigest()[:32]
+
+
+def verify(key: bytes | None, xargs: dict) -> bool:
+    sig = xargs.get(SIG_KEY)
+    return bool(key) and isinstance(sig, str) and hmac.compare_digest(sig, sign(key, xargs))
 
 
 class SteeringError(ValueError):
@@ -68,8 +95,10 @@ def _split(value, what: str) -> list[str]:
     return out
 
 
-def parse_xargs(xargs, *, max_abs_scale: float = DEFAULT_MAX_ABS_SCALE) -> SteerSpec | None | bool:
-    """Parse the steering keys of ``vllm_xargs``.
+def parse_xargs(xargs, *, max_abs_scale: float = DEFAULT_MAX_ABS_SCALE, signed: bool = False
+                ) -> SteerSpec | None | bool:
+    """Parse the steering keys of ``vllm_xargs`` (``signed``: the worker's side, where the API
+    server's ``steer_sig`` is expected beside them; a client may never send it).
 
     Returns ``None`` when no steering key is present (use the server default),
     ``False`` when steering is explicitly off, else a ``SteerSpec`` (not yet
@@ -79,7 +108,8 @@ def parse_xargs(xargs, *, max_abs_scale: float = DEFAULT_MAX_ABS_SCALE) -> Steer
         return None
     if not isinstance(xargs, dict):
         raise SteeringError(f"vllm_xargs must be an object, got {type(xargs).__name__}")
-    unknown = sorted(k for k in xargs if isinstance(k, str) and k.startswith("steer") and k not in KEYS)
+    allowed = KEYS + (SIG_KEY,) if signed else KEYS
+    unknown = sorted(k for k in xargs if isinstance(k, str) and k.startswith("steer") and k not in allowed)
     if unknown:
         raise SteeringError(f"unknown steering key(s) {unknown}; expected {list(KEYS)}")
     if "steer" not in xargs:
@@ -93,31 +123,30 @@ def parse_xargs(xargs, *, max_abs_scale: float = DEFAULT_MAX_ABS_SCALE) -> Steer
     if not names:
         raise SteeringError("vllm_xargs.steer is empty")
     for n in names:
-        if not NAME_RE.match(n):
-            raise SteeringError(f"vllm_xargs.steer: invalid vector name {n!r} (letters, digits, _ . - ; at most 64)")
+        if not valid_name(n):
+            raise SteeringError(f"vllm_xargs.steer: invalid vector name {n[:70]!r} (letters, digits, _ . - ; "
+                                f"at most 64; not {sorted(RESERVED_NAMES)})")
     if len(set(names)) != len(names):
         raise SteeringError("vllm_xargs.steer: a vector is named twice")
     scales_raw = _split(xargs.get("steer_scale", 1.0), "steer_scale")
     try:
-        scales = [float(s) for s in scales_raw]
-    except ValueError:
-        raise SteeringError(f"vllm_xargs.steer_scale: not a number in {scales_raw}") from None
+        scales = [parse_float(s, "vllm_xargs.steer_scale", strings=True) for s in scales_raw]
+    except NumberError as e:
+        raise SteeringError(str(e)) from None
     if len(scales) == 1 and len(names) > 1:
         scales = scales * len(names)
     if len(scales) != len(names):
         raise SteeringError(f"vllm_xargs.steer_scale: {len(scales)} scales for {len(names)} vectors")
     for s in scales:
-        if not math.isfinite(s):
-            raise SteeringError(f"vllm_xargs.steer_scale: {s} is not finite")
         if abs(s) > max_abs_scale:
             raise SteeringError(f"vllm_xargs.steer_scale: |{s}| exceeds the limit {max_abs_scale:g}")
     layers = None
     if "steer_layers" in xargs:
         lr = _split(xargs["steer_layers"], "steer_layers")
         try:
-            layers = tuple(sorted({int(l) for l in lr}))
-        except ValueError:
-            raise SteeringError(f"vllm_xargs.steer_layers: not an integer in {lr}") from None
+            layers = tuple(sorted({parse_int(l, "vllm_xargs.steer_layers", strings=True) for l in lr}))
+        except NumberError as e:
+            raise SteeringError(str(e)) from None
         if not layers:
             raise SteeringError("vllm_xargs.steer_layers is empty")
     return SteerSpec(tuple(names), tuple(scales), layers)

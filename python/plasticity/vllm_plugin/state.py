@@ -16,7 +16,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from plasticity.steering.spec import SteerSpec, SteeringError, parse_xargs
+from plasticity.steering.spec import SIG_KEY, SteerSpec, SteeringError, parse_xargs, verify
 
 log = logging.getLogger("vllm.plasticity.steering")  # under vllm.* so vLLM's handlers print it
 
@@ -64,6 +64,9 @@ class SteeringState:
         self.slot_of: OrderedDict[tuple, int] = OrderedDict()  # config key -> slot (LRU)
         self.spec_cache: dict[str, SteerSpec | None] = {}  # req_id -> parsed spec
         self.dirty_n = 0
+        # The key the API server signs validated flags with (set by the first API server to ask):
+        # until it is set, and for any flag without a valid signature, nothing is steered.
+        self.request_key: bytes | None = None
         self.layers = find_decoder_layers(model, num_layers)
         for i, layer in enumerate(self.layers):
             layer.register_buffer("_plasticity_table", self.tables[i], persistent=False)
@@ -99,13 +102,26 @@ class SteeringState:
         self.slot_of.clear()
         self.spec_cache.clear()
 
+    def agree_request_key(self, proposed: bytes) -> bytes:
+        """Take ``proposed`` as the signing key unless one is set already; return the key in force."""
+        if self.request_key is None:
+            if not isinstance(proposed, (bytes, bytearray)) or len(proposed) < 16:
+                raise SteeringError("the request key must be at least 16 bytes")
+            self.request_key = bytes(proposed)
+        return self.request_key
+
     # ---- per step ----
     def spec_for(self, req_id: str, extra_args) -> SteerSpec | None:
         if req_id in self.spec_cache:
             return self.spec_cache[req_id]
         spec = None
         try:
-            s = parse_xargs(extra_args, max_abs_scale=self.max_abs_scale) if extra_args else None
+            s = parse_xargs(extra_args, max_abs_scale=self.max_abs_scale, signed=True) if extra_args else None
+            if s is not None and not verify(self.request_key, extra_args):
+                # Not rewritten by the API server's middleware (another route, or forged): its K/V
+                # would not be salted, so it must not be steered.
+                raise SteeringError(f"steering flag without a valid {SIG_KEY} (sent through a route that "
+                                    "does not validate steering)")
             if isinstance(s, SteerSpec):
                 missing = [n for n in s.names if n not in self.vectors]
                 if missing:

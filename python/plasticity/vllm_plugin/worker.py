@@ -73,12 +73,17 @@ def _delete(st, name):
     return {"deleted": st.delete_vector(name)}
 
 
+def _request_key(st, proposed):
+    return {"key": st.agree_request_key(proposed)}
+
+
 def install() -> None:
     if not getattr(Worker.load_model, "_plasticity", False):
         Worker.load_model = _wrap_load_model(Worker.load_model)
     Worker.plasticity_info = _rpc(_info)
     Worker.plasticity_register_vector = _rpc(_register)
     Worker.plasticity_delete_vector = _rpc(_delete)
+    Worker.plasticity_request_key = _rpc(_request_key)
     runner_v1.install()
     runner_v2.install()
     from . import training  # online training: only when [training] enabled
