@@ -38,12 +38,16 @@ from pathlib import Path
 
 import torch
 
+from plasticity.numbers import NumberError, parse_float
 from plasticity.taskvec.files import SafetensorsFile, SafetensorsWriter, TaskVectorError
 from plasticity.taskvec.merge import add_delta_, delta_of, roundtrip_report, task_arithmetic, ties
 
 log = logging.getLogger("vllm.plasticity.training")
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", re.ASCII)  # always with fullmatch
+DEFAULT_MAX_NORM_GROWTH = 2.0
+MAX_EVAL_BYTES, MAX_EVALS = 64 << 10, 64  # eval reports kept in meta.json
+_KEEP_BYTES = 512 << 20  # planned tensors kept between the check and the write; beyond: recomputed
 TV_FILE, META_FILE = "task_vector.safetensors", "meta.json"
 # delta dtype per weight dtype: wide enough for an exact base + τ round trip
 _WIDE = {torch.float32: torch.float64, torch.bfloat16: torch.float32, torch.float16: torch.float32}
@@ -120,11 +124,12 @@ class Snapshots:
         for stale in self.root.glob(".tmp-*"):  # a crash mid-write: never renamed into place
             shutil.rmtree(stale, ignore_errors=True)
         self.params, self.base, self.lock, self.fp, self.model_path = params, base, lock, fp, model_path
+        self.max_norm_growth = DEFAULT_MAX_NORM_GROWTH  # an edit may grow no tensor's norm more than this
         self.current: str | None = None  # the snapshot the live weights were last set to / saved as
 
     # ---- folder ----
     def _dir(self, name: str) -> Path:
-        if not isinstance(name, str) or not NAME_RE.match(name) or name == "base":
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name == "base":
             raise SnapshotError(f"bad snapshot name {name!r}: letters, digits, '.', '_', '-' (≤ 64), not 'base'")
         return self.root / name
 
@@ -210,32 +215,76 @@ class Snapshots:
         _fsync_dir(self._dir(name))
         return m
 
+    def add_eval(self, name: str, report) -> dict:
+        """Append an evaluation report to the snapshot's ``evals`` (bounded in size and count)."""
+        blob = json.dumps(report, separators=(",", ":"))
+        if len(blob) > MAX_EVAL_BYTES:
+            raise SnapshotError(f"eval report of {len(blob)} bytes; the limit is {MAX_EVAL_BYTES}", 413)
+        evals = self.meta(name).get("evals") or []
+        if len(evals) >= MAX_EVALS:
+            raise SnapshotError(f"snapshot {name!r} already holds {MAX_EVALS} eval reports", 409)
+        return self.update_meta(name, evals=evals + [report])
+
     # ---- live edits ----
     def _write_live(self, n: str, new: torch.Tensor) -> None:
         with self.lock, torch.no_grad():
             self.params[n].copy_(new)
 
+    def _apply(self, names, compute, what: str, bound_growth: bool = True) -> None:
+        """Write ``compute(n)`` into each live tensor ``n`` of ``names``, but only once every result
+        has been checked: finite in the weight's dtype and, with ``bound_growth``, its norm at most
+        ``max_norm_growth`` × the live tensor's. A refused edit leaves every live byte unchanged."""
+        kept, kept_bytes = {}, 0
+        for n in names:
+            live = self.params[n]
+            try:
+                new = compute(n).to(live.dtype)
+            except TaskVectorError as e:  # a weight would overflow, a non-finite delta, ...
+                raise SnapshotError(f"{what}: {n}: {e}; nothing was changed", 422) from None
+            if not bool(torch.isfinite(new).all()):
+                raise SnapshotError(f"{what}: the result for {n} is not finite (overflow); nothing was changed", 422)
+            if bound_growth:
+                ref = float(live.detach().double().norm()) or 1.0
+                got = float(new.double().norm())
+                if not got <= self.max_norm_growth * ref:
+                    raise SnapshotError(f"{what}: {n} would grow from norm {ref:.4g} to {got:.4g}, more than "
+                                        f"max_edit_norm_growth = {self.max_norm_growth:g}×; nothing was changed",
+                                        422)
+            if kept_bytes + new.numel() * new.element_size() <= _KEEP_BYTES:
+                kept[n] = new
+                kept_bytes += new.numel() * new.element_size()
+        for n in names:
+            self._write_live(n, kept.pop(n) if n in kept else compute(n).to(self.params[n].dtype))
+
     def restore(self, name: str | None) -> dict:
         """Live weights := base (+ τ of ``name``), bit-identical to the state that was saved."""
         f = self._open(name) if name is not None else None
-        for n in sorted(self.params):
-            live = self.params[n]
-            new = self.base.get(n, live)
+
+        def compute(n):
+            new = self.base.get(n, self.params[n])
             if f is not None and n in f.tensors:
                 add_delta_(new, f.get(n))
-            self._write_live(n, new)
+            return new
+
+        # a saved state may be far from the live one, so no growth bound; but never a NaN
+        self._apply(sorted(self.params), compute, f"rollback to {name or 'base'}", bound_growth=False)
         self.current = name
         return {"restored": name or "base"}
 
-    def add(self, name: str, scale: float) -> dict:
+    def add(self, name: str, scale) -> dict:
         """Live weights += scale·τ (negate: scale −1)."""
-        if not (isinstance(scale, (int, float)) and math.isfinite(scale)):
-            raise SnapshotError(f"scale must be a finite number, got {scale!r}")
+        try:
+            scale = parse_float(scale, "scale")
+        except NumberError as e:
+            raise SnapshotError(str(e)) from None
         f = self._open(name)
-        for n in f.names:
+
+        def compute(n):
             new = self.params[n].detach().clone()
-            add_delta_(new, f.get(n), float(scale))
-            self._write_live(n, new)
+            add_delta_(new, f.get(n), scale)
+            return new
+
+        self._apply(list(f.names), compute, f"add {name} × {scale:g}")
         self.current = None
         return {"added": name, "scale": scale}
 
@@ -255,6 +304,14 @@ class Snapshots:
             raise SnapshotError(f"'weights' must be a list of {len(names)} numbers")
         if density is not None and method != "ties":
             raise SnapshotError("'density' applies to method 'ties' only")
+        try:  # one strict number grammar (no booleans, no strings, finite)
+            weights = None if weights is None else [parse_float(w, f"weights[{i}]") for i, w in enumerate(weights)]
+            lam = parse_float(lam, "lambda")
+            density = None if density is None else parse_float(density, "density")
+        except NumberError as e:
+            raise SnapshotError(str(e)) from None
+        if normalize is not None and not isinstance(normalize, bool):
+            raise SnapshotError("'normalize' must be true or false")
         normalize = (method == "ties") if normalize is None else bool(normalize)
         kw = {} if density is None else {"density": density}
         probe = [torch.zeros(1)] * len(names)
@@ -271,7 +328,7 @@ class Snapshots:
         def get(f, n, shape):
             return f.get(n) if n in f.tensors else torch.zeros(shape, dtype=torch.float32)
 
-        for n in sorted(self.params):
+        def compute(n):
             live = self.params[n]
             shared = get(ref, n, live.shape) if ref is not None else None
             ds = [get(f, n, live.shape) for f in files]
@@ -287,7 +344,9 @@ class Snapshots:
                 delta = shared + delta.to(shared.dtype)
             new = self.base.get(n, live)
             add_delta_(new, delta)
-            self._write_live(n, new)
+            return new
+
+        self._apply(sorted(self.params), compute, f"{method} merge of {names}")
         self.current = None
         return {"merged": names, "method": method, **({"relative_to": relative_to} if ref is not None else {})}
 
