@@ -567,7 +567,7 @@ class DreamLoop:
             try:
                 ids = self.client.submit([self._example(r) for r in batch])
             except DreamHTTPError as e:
-                if e.kind == "http" and e.status in (400, 413, 422):
+                if e.kind == "http" and e.status in (400, 409, 413, 422):
                     sent += self._submit_one_by_one(batch)
                     continue
                 self.stats.last_error = f"submit: {e}"
@@ -588,6 +588,11 @@ class DreamLoop:
             try:
                 self.client.submit([self._example(r)])
             except DreamHTTPError as e:
+                if e.kind == "http" and e.status == 409:
+                    # the server journaled this id before (our bookkeeping was lost in a crash)
+                    self.store.mark_journaled([r.id])
+                    self.stats.reconciled += 1
+                    continue
                 if e.kind == "http" and e.status in (400, 413, 422):
                     self.stats.refused[r.id] = str(e)[:300]
                     log.warning("plasticity dream: the server refused queue row %d (%s): %s", r.id, r.journal_id, e)

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import hashlib
 import logging
 import os
-import secrets
 
 from fastapi import Request
-from fastapi.responses import JSONResponse
+
+from plasticity.http import auth
+from plasticity.http.errors import error_response
 
 from .config import DreamConfig, DreamConfigError, load
 from .runner import DreamRunner
@@ -125,17 +125,11 @@ async def init_state(plugin, engine_client, args) -> None:
 
 
 def _unauthorised(plugin, request) -> bool:
-    tokens = getattr(plugin, "tokens", None) or []
-    if not tokens:
-        return False
-    scheme, _, tok = request.headers.get("authorization", "").partition(" ")
-    h = hashlib.sha256(tok.encode()).digest()
-    return scheme.lower() != "bearer" or not any(secrets.compare_digest(h, t) for t in tokens)
+    return not auth.authorized(request.headers, getattr(plugin, "tokens", None) or [])
 
 
 def attach(router, plugin) -> None:
-    def err(msg, code):
-        return JSONResponse({"error": {"message": msg, "type": "Error", "code": code}}, status_code=code)
+    err = error_response
 
     @router.get("/v1/dream/status")
     async def dream_status(request: Request):

@@ -23,6 +23,8 @@ import time
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
+from plasticity.http.errors import error_response as _err
+
 from .training_routes import json_object
 
 log = logging.getLogger("vllm.plasticity.training")  # under vllm.* so vLLM's handlers print it
@@ -48,9 +50,6 @@ async def _forget_cached_kv(engine, tries: int = 20) -> bool:
     return False
 
 
-def _err(msg: str, code: int) -> JSONResponse:
-    return JSONResponse({"error": {"message": msg, "type": "BadRequestError" if code < 500 else "Error",
-                                   "code": code}}, status_code=code)
 
 
 def attach(r, plugin) -> None:

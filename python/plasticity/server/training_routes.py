@@ -5,7 +5,9 @@
   Example: ``{"context": "raw text" | [{"role", "content"}...], "decision": "text to learn"}``
   (``"messages"`` is an alias of a list context; ``"eos": false`` does not append the end token).
   All examples of a request are validated first (UTF-8, JSON, non-empty decision, token limits);
-  any bad one → 400/413 and nothing is stored. Accepted ones are appended to the journal and
+  any bad one → 400/413 and nothing is stored. A client ``id`` that is repeated in the body or
+  was accepted before (the journal's ids, across restarts) → 409 naming the ids, nothing stored:
+  every acknowledged example is trained, none is dropped as a duplicate. Accepted ones are appended to the journal and
   fsync'd, then queued in the worker(s); the reply is 202 ``{"ids": [...]}``.
 - ``GET  /v1/training/status``      step, loss, queued/done, tokens/s, held-out perplexity
 - ``POST /v1/training/pause``, ``POST /v1/training/resume``
@@ -18,34 +20,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import hashlib
 import re
-import json
-import secrets
 import time
 import uuid
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from plasticity.http import auth
+from plasticity.http.body import MAX_BODY, BodyError, loads
+from plasticity.http.errors import error_response as _err
+from plasticity.http.errors import private_dir
 from plasticity.training import config as training_config
 from plasticity.training.core import Journal
 
-MAX_BODY = 16 << 20
-ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}", re.ASCII)
 log = logging.getLogger("vllm.plasticity.training")
 
 
-def _err(msg: str, code: int) -> JSONResponse:
-    return JSONResponse({"error": {"message": msg, "type": "BadRequestError" if code == 400 else "Error",
-                                   "code": code}}, status_code=code)
-
-
 async def json_object(request: Request) -> dict | None:
-    """The request body as a JSON object, or None when it is not one."""
+    """The request body as a JSON object, or None when it is not one (malformed, too deep, a list)."""
     try:
-        doc = await request.json()
-    except Exception:  # noqa: BLE001 - malformed JSON or bad encoding: the caller answers 400
+        doc = loads(await request.body())
+    except BodyError:
         return None
     return doc if isinstance(doc, dict) else None
 
@@ -63,7 +60,10 @@ class TrainingRoutes:
         self.engine = None
         self.tok = None
         self.journal = Journal(self.cfg.journal) if (self.cfg.enabled and self.cfg.journal) else None
+        self.known_ids: set[str] = set()  # every id in the journal: a repeat is refused (409)
         self.accepted = 0
+        for d in (self.cfg.journal, self.cfg.snapshot_dir, self.cfg.checkpoint_dir, self.cfg.source):
+            private_dir(d.parent if d is not None and d.suffix else d)
         self.lock = asyncio.Lock()
         self.metrics = None
         self._poll = None
@@ -71,11 +71,8 @@ class TrainingRoutes:
     def _guard(self, request: Request) -> JSONResponse | None:
         if not self.cfg.enabled:
             return _err("online training is disabled; set [training] enabled = true in the plasticity config", 404)
-        if self.tokens:
-            scheme, _, tok = request.headers.get("authorization", "").partition(" ")
-            h = hashlib.sha256(tok.encode()).digest()
-            if scheme.lower() != "bearer" or not any(secrets.compare_digest(h, t) for t in self.tokens):
-                return _err("training routes need the server's API key (Authorization: Bearer ...)", 401)
+        if not auth.authorized(request.headers, self.tokens):
+            return _err("training routes need the server's API key (Authorization: Bearer ...)", 401)
         if self.engine is None or self.tok is None:
             return _err("training is not initialised (no engine)", 503)
         return None
@@ -96,14 +93,14 @@ class TrainingRoutes:
                 if not line.strip():
                     continue
                 try:
-                    items.append(json.loads(line))
-                except ValueError as e:
-                    raise ExampleError(f"line {i + 1}: invalid JSON ({e})")
+                    items.append(loads(line, f"line {i + 1}"))
+                except BodyError as e:
+                    raise ExampleError(str(e))
         else:
             try:
-                doc = json.loads(text)
-            except ValueError as e:
-                raise ExampleError(f"body must be JSON or JSONL (Content-Type: application/jsonl): {e}")
+                doc = loads(text)
+            except BodyError as e:
+                raise ExampleError(f"{e} (send JSON, or JSONL with Content-Type: application/jsonl)")
             items = doc.get("examples") if isinstance(doc, dict) and "examples" in doc else doc
             if isinstance(items, dict):
                 items = [items]
@@ -171,7 +168,13 @@ class TrainingRoutes:
             except ExampleError as e:
                 return _err(str(e), e.code)
             async with plugin.lock:
+                dup = plugin.duplicates(recs)
+                if dup:
+                    return _err(f"example ids already accepted or repeated in this body: {dup[:20]}"
+                                f"{' …' if len(dup) > 20 else ''}; nothing was stored", 409,
+                                duplicates=dup[:1000])
                 await asyncio.to_thread(plugin.journal.append, recs)  # durable before we answer
+                plugin.known_ids.update(r["id"] for r in recs)
                 plugin.accepted += len(recs)
             res = await plugin.engine.collective_rpc("plasticity_train_enqueue", args=(recs,))
             bad = [x for x in res if not x.get("ok")]
@@ -242,6 +245,20 @@ class TrainingRoutes:
 
         dream_server.attach(r, plugin)
 
+    def load_known_ids(self) -> None:
+        """The ids of every example the journal holds (accepted before this start included)."""
+        if self.journal is not None:
+            self.known_ids = {r["id"] for r in self.journal.read() if isinstance(r.get("id"), str)}
+
+    def duplicates(self, recs: list[dict]) -> list[str]:
+        """Ids of ``recs`` that repeat inside ``recs`` or are already in the journal."""
+        seen, dup = set(), []
+        for r in recs:
+            if r["id"] in seen or r["id"] in self.known_ids:
+                dup.append(r["id"])
+            seen.add(r["id"])
+        return sorted(set(dup))
+
     async def fetch_status(self) -> dict:
         res = await self.engine.collective_rpc("plasticity_train_status")
         st = dict(res[0])
@@ -260,6 +277,7 @@ class TrainingRoutes:
         from transformers import AutoTokenizer
 
         self.tok = await asyncio.to_thread(AutoTokenizer.from_pretrained, getattr(args, "tokenizer", None) or args.model)
+        await asyncio.to_thread(self.load_known_ids)
         res = await engine_client.collective_rpc("plasticity_train_start")
         if not all(x.get("ok") for x in res):
             raise RuntimeError(f"plasticity: training could not start in the worker: {res}")

@@ -34,6 +34,7 @@ queue_capacity = 10000
 snapshot_dir = ""          # task-vector snapshots; "" = "snapshots" beside the journal
 guard_every = 0            # forgetting guard: held-out perplexity every N steps (0 = off; needs heldout)
 guard_threshold = 0.05     # rise over the last good snapshot that pauses + rolls back
+max_edit_norm_growth = 2.0 # a merge/add that grows any tensor's norm past this factor is refused (422)
 ```
 Relative paths are resolved against the config file's folder.
 """
@@ -54,8 +55,10 @@ _DEFAULTS = dict(
     replay_ratio=0.25, replay_source=None, batch_size=4, max_steps=0, max_example_tokens=2048,
     max_decision_tokens=512, journal=None, checkpoint_dir=None, checkpoint_every=0, heldout=None,
     eval_every=0, threads=1, yield_ms=0.0, serving_duty=0.25, serving_idle_ms=500.0, queue_capacity=10000, seed=0,
-    snapshot_dir=None, guard_every=0, guard_threshold=0.05,
+    snapshot_dir=None, guard_every=0, guard_threshold=0.05, max_edit_norm_growth=2.0,
 )
+MAX_LR = 1.0  # also the bound of POST /v1/training/settings: a larger step only destroys the weights
+MAX_GUARD_THRESHOLD = 100.0
 _PATHS = ("replay_source", "journal", "checkpoint_dir", "heldout", "snapshot_dir")
 
 
@@ -92,6 +95,7 @@ class TrainingConfig:
     snapshot_dir: Path | None = None
     guard_every: int = 0
     guard_threshold: float = 0.05
+    max_edit_norm_growth: float = 2.0
     source: Path | None = field(default=None, compare=False)
 
     @property
@@ -133,6 +137,7 @@ def from_dict(sec: dict, base: Path | None = None, source: Path | None = None) -
         seed=int(v["seed"]), source=source,
         snapshot_dir=v["snapshot_dir"] or (v["journal"].parent / "snapshots" if v["journal"] else None),
         guard_every=int(v["guard_every"]), guard_threshold=float(v["guard_threshold"]),
+        max_edit_norm_growth=float(v["max_edit_norm_growth"]),
     )
     _check(cfg, where)
     return cfg
@@ -142,8 +147,10 @@ def _check(c: TrainingConfig, where) -> None:
     def bad(msg):
         raise ValueError(f"{where}: training.{msg}")
 
-    if not (math.isfinite(c.lr) and c.lr >= 0):
-        bad("lr must be finite and ≥ 0")
+    if not (math.isfinite(c.lr) and 0 <= c.lr <= MAX_LR):
+        bad(f"lr must be in [0, {MAX_LR:g}]")
+    if not (math.isfinite(c.max_edit_norm_growth) and c.max_edit_norm_growth >= 1):
+        bad("max_edit_norm_growth must be a finite number ≥ 1")
     if c.rank < 1:
         bad("rank must be ≥ 1")
     if c.scale_type not in ("channel", "tensor"):
@@ -158,8 +165,8 @@ def _check(c: TrainingConfig, where) -> None:
         bad("max_decision_tokens must be ≥ 1 and max_example_tokens ≥ 2")
     if c.threads < 1 or c.yield_ms < 0 or c.queue_capacity < 1:
         bad("threads and queue_capacity must be ≥ 1, yield_ms ≥ 0")
-    if c.guard_every < 0 or not (math.isfinite(c.guard_threshold) and c.guard_threshold > 0):
-        bad("guard_every must be ≥ 0 and guard_threshold a number > 0")
+    if c.guard_every < 0 or not (math.isfinite(c.guard_threshold) and 0 < c.guard_threshold <= MAX_GUARD_THRESHOLD):
+        bad(f"guard_every must be ≥ 0 and guard_threshold a number in (0, {MAX_GUARD_THRESHOLD:g}]")
     if c.guard_every and c.heldout is None:
         bad("guard_every needs a heldout file")
     if not (0 < c.serving_duty <= 1) or not (c.serving_idle_ms >= 0):

@@ -32,6 +32,10 @@ from plasticity.optim import Apollo
 
 log = logging.getLogger("vllm.plasticity.training")
 
+MAX_ATTEMPTS = 3  # failed steps an example may be part of before it is given up
+# done-journal statuses of examples that are not in the weights and must not be trained again
+NOT_TRAINED = ("skipped", "discarded", "failed")
+
 
 def frozen_context_loss(model, context: list[int], decision: list[int], device="cpu") -> tuple[torch.Tensor, int]:
     """Mean cross-entropy over the decision tokens, context frozen. Returns (loss, n_tokens)."""
@@ -176,7 +180,8 @@ class Trainer:
                               seed=cfg.seed, threads=cfg.threads)
         self.done_journal = Journal(cfg.done_journal) if cfg.done_journal else None
         self.seen: set[str] = set()
-        self.pending: deque = deque()
+        self.retry: deque = deque()  # examples of a failed step, trained before the queue's next
+        self.attempts: dict[str, int] = {}  # example id -> failed steps it was part of
         self.rng = random.Random(cfg.seed)
         self.replay: list[list[int]] = []
         self.replay_credit = 0.0
@@ -206,6 +211,10 @@ class Trainer:
             return
         ids = self.tokenizer("\n\n".join(read_texts(self.cfg.heldout)))["input_ids"][:max_tokens]
         n = (len(ids) // seq) * seq
+        if n == 0:
+            # refuse at start-up: every perplexity (status, guard, snapshot metadata) needs one window
+            raise ValueError(f"training.heldout {self.cfg.heldout.name}: {len(ids)} tokens, shorter than one "
+                             f"evaluation window of {seq} tokens; give a longer held-out text")
         self.heldout_ids = torch.tensor(ids[:n]).view(-1, seq)
 
     def enqueue(self, examples: list[dict]) -> dict:
@@ -304,6 +313,22 @@ class Trainer:
         if self.guard is not None:
             self.guard.check(self)
 
+    def _failed(self, batch: list[dict]) -> None:
+        """A step raised: count it, and put its examples back to be trained by the next steps. An
+        example in MAX_ATTEMPTS failed steps is given up, journaled as "failed" and counted."""
+        st = self.stats
+        st["failed_steps"] = st.get("failed_steps", 0) + 1
+        given_up = []
+        for ex in batch:
+            k = self.attempts[ex["id"]] = self.attempts.get(ex["id"], 0) + 1
+            (given_up if k >= MAX_ATTEMPTS else self.retry).append(ex)
+        if given_up:
+            st["examples_failed"] = st.get("examples_failed", 0) + len(given_up)
+            log.error("plasticity: %d examples failed %d steps each and are given up: %s", len(given_up),
+                      MAX_ATTEMPTS, [ex["id"] for ex in given_up][:10])
+            if self.done_journal is not None:
+                self.done_journal.append([{"id": ex["id"], "step": st["step"], "status": "failed"} for ex in given_up])
+
     def discard_queued(self) -> int:
         """Empty the queue; the examples are journaled as done with status "discarded"."""
         out = []
@@ -400,9 +425,10 @@ class Trainer:
         done = set()
         if self.done_journal is not None:
             for r in self.done_journal.read():
-                if ck is None and self.cfg.checkpoint_dir and self.cfg.checkpoint_every:
-                    continue  # checkpoints configured but none written: nothing trained survived
-                if ck is None or int(r.get("step", 0)) <= ck or r.get("status") in ("skipped", "discarded"):
+                # Trained examples survive a restart only inside a checkpoint: the live weights start
+                # from the model files (or the newest checkpoint), so everything trained after it,
+                # or everything when there is no checkpoint, is trained again from the journal.
+                if r.get("status") in NOT_TRAINED or (ck is not None and int(r.get("step", 0)) <= ck):
                     done.add(r["id"])
         if ck is not None:
             self.stats["step"] = ck
@@ -432,25 +458,27 @@ class Trainer:
             if self.paused.is_set() or (self.cfg.max_steps and self.stats["step"] >= self.cfg.max_steps):
                 time.sleep(0.05)
                 continue
-            first = self.queue.pop(0.2)
+            first = self.retry.popleft() if self.retry else self.queue.pop(0.2)
             if first is None:
                 continue
             batch = [first]
             n_beh = max(1, round(self.cfg.batch_size * (1 - self.cfg.replay_ratio))) if self.replay else self.cfg.batch_size
             while len(batch) < n_beh:
-                nxt = self.queue.pop(0.0)
+                nxt = self.retry.popleft() if self.retry else self.queue.pop(0.0)
                 if nxt is None:
                     break
                 batch.append(nxt)
             t0 = time.monotonic()
             try:
                 res = self.step(batch)
-                self._finish(batch, res)
-            except Exception as e:  # noqa: BLE001 - never kill the worker; report
+            except Exception as e:  # noqa: BLE001 - never kill the worker; report, and train them again
                 log.exception("plasticity: training step failed")
                 self.stats["last_error"] = repr(e)
                 for p in self.params:
                     p.grad = None
+                self._failed(batch)
+            else:
+                self._finish(batch, res)
             self._yield(time.monotonic() - t0)
 
     def _yield(self, dt: float) -> None:
@@ -478,7 +506,8 @@ class Trainer:
 
     def status(self) -> dict:
         st = dict(self.stats)
-        st["examples_queued"] = len(self.queue)
+        st["examples_queued"] = len(self.queue) + len(self.retry)
+        st.setdefault("failed_steps", 0)
         st["paused"] = self.paused.is_set()
         st["tokens_per_s"] = st["train_tokens"] / st["train_seconds"] if st["train_seconds"] else 0.0
         st["trainable_params"] = sum(p.numel() for p in self.params)

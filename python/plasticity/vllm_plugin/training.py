@@ -104,6 +104,7 @@ class _State:
         self.base = snapshots.BaseWeights(mc.model, trainable_params)
         self.snaps = snapshots.Snapshots(cfg.snapshot_dir, trainable_params, self.base, LOCK,
                                          snapshots.fingerprint(self.model), model_path=str(mc.model))
+        self.snaps.max_norm_growth = cfg.max_edit_norm_growth
         self.cfg = cfg
         self.recovered = self.trainer.recover(cfg.journal)
         if cfg.guard_every:
@@ -252,28 +253,32 @@ def _digest(st, pattern=""):
 
 
 def _settings(st, changes=None):
-    """Change training settings while serving (lr, guard_threshold, replay_seed); returns the current ones."""
-    changes = dict(changes or {})
+    """Change training settings while serving (lr, guard_threshold, replay_seed); returns the current ones.
+    Every value is checked (strict numbers, bounded) before any is applied."""
+    from plasticity.numbers import parse_float, parse_int
+    from plasticity.training.config import MAX_GUARD_THRESHOLD, MAX_LR
+
+    if not isinstance(changes, dict):
+        raise ValueError("settings must be a JSON object")
+    changes = dict(changes)
     unknown = set(changes) - {"lr", "guard_threshold", "replay_seed"}
     if unknown:
-        raise ValueError(f"unknown settings {sorted(unknown)} (supported: lr, guard_threshold, replay_seed)")
-    if "replay_seed" in changes:
+        raise ValueError(f"unknown settings {sorted(str(k)[:40] for k in unknown)[:10]} "
+                         "(supported: lr, guard_threshold, replay_seed)")
+    seed = parse_int(changes["replay_seed"], "replay_seed", lo=0, hi=2**63 - 1) if "replay_seed" in changes else None
+    thr = (parse_float(changes["guard_threshold"], "guard_threshold", lo=1e-9, hi=MAX_GUARD_THRESHOLD)
+           if "guard_threshold" in changes else None)
+    if thr is not None and st.trainer.guard is None:
+        raise ValueError("guard_threshold needs the guard enabled (guard_every > 0)")
+    lr = parse_float(changes["lr"], "lr", lo=0.0, hi=MAX_LR) if "lr" in changes else None
+    if seed is not None:
         # Restart the replay sampler: runs started with the same seed replay the same windows, so
         # the part of their task vectors that replay makes is shared (merges relative_to a
         # replay-only snapshot subtract it; docs/task-vectors.md, "Round 5").
-        seed = changes["replay_seed"]
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError("replay_seed must be an integer")
         st.trainer.rng, st.trainer.replay_credit = random.Random(seed), 0.0
-    if "guard_threshold" in changes:
-        thr = float(changes["guard_threshold"])
-        if st.trainer.guard is None or not (0 < thr < float("inf")):
-            raise ValueError("guard_threshold needs the guard enabled (guard_every > 0) and a number > 0")
+    if thr is not None:
         st.trainer.guard.threshold = thr
-    if "lr" in changes:
-        lr = float(changes["lr"])
-        if not (lr >= 0 and lr < float("inf")):
-            raise ValueError("lr must be a finite number ≥ 0")
+    if lr is not None:
         for g in st.trainer.opt.param_groups:
             g["lr"] = lr
     return {"lr": st.trainer.opt.param_groups[0]["lr"],
@@ -306,8 +311,7 @@ def _tv_submit(st, op, args=None):
         "save": lambda: st.save_snapshot(args.get("name"), {"note": args["note"]} if args.get("note") else None),
         "restore": lambda: st.restore_snapshot(args.get("to")),
         "apply": lambda: st.apply(args),
-        "annotate": lambda: st.snaps.update_meta(
-            args.get("name"), evals=(st.snaps.meta(args.get("name")).get("evals") or []) + [args.get("eval")]),
+        "annotate": lambda: st.snaps.add_eval(args.get("name"), args.get("eval")),
     }
     if op not in fns:
         raise ValueError(f"unknown snapshot operation {op!r}")
