@@ -12,8 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
+from plasticity.numbers import NumberError, parse_float, parse_int
 from plasticity.steering.files import directions_from_tensors, load_vector_file
-from plasticity.steering.spec import NAME_RE, SteerSpec, SteeringError, parse_xargs
+from plasticity.steering.spec import RESERVED_NAMES, SteerSpec, SteeringError, parse_xargs, valid_name
+
+# The largest finite value of each model dtype: a steered residual must stay below it.
+_DTYPE_MAX = {"float32": 3.4028234663852886e38, "bfloat16": 3.3895313892515355e38, "float16": 65504.0}
 
 log = logging.getLogger("vllm.plasticity.steering")  # under vllm.* so vLLM's handlers print it
 
@@ -24,6 +28,7 @@ class Entry:
     layers: list[int]
     norms: dict[int, float]
     source: str
+    max_abs: float = 0.0  # largest |element| over all layers (overflow check of scale × vector)
 
     def to_json(self) -> dict:
         return {"name": self.name, "layers": self.layers, "norm": {str(k): v for k, v in self.norms.items()},
@@ -36,6 +41,7 @@ class Catalogue:
         self.cfg = cfg
         self.hidden = int(info["hidden_size"])
         self.num_layers = int(info["num_layers"])
+        self.dtype_max = _DTYPE_MAX.get(str(info.get("dtype", "float32")), _DTYPE_MAX["float16"])
         self.entries: dict[str, Entry] = {}
         self.default: SteerSpec | None = None
         self.lock = asyncio.Lock()  # admin changes are serialised
@@ -54,6 +60,11 @@ class Catalogue:
             unused = [l for l in spec.layers if l not in covered]
             if unused:
                 raise SteeringError(f"steer_layers {unused}: none of {list(spec.names)} has a direction there")
+        # Σ|scale|·max|v| bounds every element of the added row: it must not overflow the model dtype.
+        peak = sum(abs(s) * self.entries[n].max_abs for n, s in zip(spec.names, spec.scales))
+        if not peak < self.dtype_max:
+            raise SteeringError(f"steering {list(spec.names)} at scales {list(spec.scales)} would overflow the "
+                                f"model's dtype (largest added value {peak:.3g})")
         return spec
 
     def resolve(self, xargs) -> SteerSpec | None | bool:
@@ -91,20 +102,34 @@ class Catalogue:
             raise SteeringError(f"path {path!r}: no such file in the vectors folder")
         return p
 
-    def check_directions(self, name: str, dirs: dict[int, np.ndarray]) -> None:
-        if not isinstance(name, str) or not NAME_RE.match(name):
-            raise SteeringError(f"invalid vector name {name!r} (letters, digits, _ . - ; at most 64)")
+    def check_directions(self, name: str, dirs: dict[int, np.ndarray]) -> Entry:
+        """Everything about a vector that can be refused, checked before any worker sees it;
+        returns its catalogue entry (norms in float64, all finite)."""
+        if not valid_name(name):
+            raise SteeringError(f"invalid vector name {str(name)[:70]!r} (letters, digits, _ . - ; at most 64; "
+                                f"not {sorted(RESERVED_NAMES)})")
+        norms, max_abs = {}, 0.0
         for l, v in dirs.items():
             if v.shape != (self.hidden,):
                 raise SteeringError(f"vector {name!r}: direction.{l} has size {v.size}, the model's hidden size is {self.hidden}")
             if not 0 <= l < self.num_layers:
                 raise SteeringError(f"vector {name!r}: layer {l} out of range 0..{self.num_layers - 1}")
+            v64 = np.asarray(v, dtype=np.float64)
+            norms[l] = float(np.linalg.norm(v64))
+            max_abs = max(max_abs, float(np.abs(v64).max(initial=0.0)))
+            if not np.isfinite(norms[l]) or norms[l] > self.cfg.max_vector_norm:
+                raise SteeringError(f"vector {name!r}: direction.{l} has norm {norms[l]:.3g}, above the limit "
+                                    f"max_vector_norm = {self.cfg.max_vector_norm:g}")
+        if not max_abs < self.dtype_max:
+            raise SteeringError(f"vector {name!r}: values up to {max_abs:.3g} overflow the model's dtype")
+        return Entry(name, sorted(dirs), norms, "", max_abs)
 
     async def add(self, name: str, dirs: dict[int, np.ndarray], source: str, replace: bool = False) -> Entry:
-        self.check_directions(name, dirs)
+        e = self.check_directions(name, dirs)
+        e.source = source
         if name in self.entries and not replace:
             raise SteeringError(f"vector {name!r} already exists (pass \"replace\": true to overwrite)")
-        layers = sorted(dirs)
+        layers = e.layers
         data = np.stack([dirs[l] for l in layers]).astype(np.float32).tobytes()
         results = await self.engine.collective_rpc("plasticity_register_vector", args=(name, layers, data, replace))
         errors = [r.get("error") for r in results if not r.get("ok")]
@@ -113,7 +138,6 @@ class Catalogue:
             if name not in self.entries:
                 await self.engine.collective_rpc("plasticity_delete_vector", args=(name,))
             raise SteeringError(errors[0])
-        e = Entry(name, layers, {l: float(np.linalg.norm(dirs[l])) for l in layers}, source)
         self.entries[name] = e
         return e
 
@@ -125,17 +149,29 @@ class Catalogue:
         await self.engine.collective_rpc("plasticity_delete_vector", args=(name,))
         del self.entries[name]
 
-    async def load_folder(self) -> None:
+    async def load_folder(self) -> list[str]:
+        """Register every vector file of ``vectors_dir``. A file that cannot be used (corrupt, a link
+        leading out of the folder, a bad name or shape) is skipped with an error in the log naming
+        it, so one bad file cannot stop the server; returns those error lines."""
         d = self.cfg.vectors_dir
         if d is None:
-            return
+            return []
         if not d.is_dir():
             raise SteeringError(f"vectors_dir {d} is not a folder")
+        skipped = []
         for p in sorted(d.iterdir()):
-            if p.suffix.lower() in (".gguf", ".safetensors") and p.is_file():
-                dirs, _ = load_vector_file(self.safe_path(p.name))
+            if p.suffix.lower() not in (".gguf", ".safetensors"):
+                continue
+            try:
+                dirs, _ = await asyncio.to_thread(load_vector_file, self.safe_path(p.name))
                 e = await self.add(p.stem, dirs, f"file:{p.name}")
-                log.info("plasticity: loaded steering vector %s (layers %s) from %s", e.name, e.layers, p)
+            except (SteeringError, OSError) as ex:
+                skipped.append(f"{p.name}: {ex}")
+                log.error("plasticity: steering vector file %s skipped: %s", p, ex)
+                continue
+            log.info("plasticity: loaded steering vector %s (layers %s) from %s", e.name, e.layers, p)
+        self.skipped = skipped
+        return skipped
 
 
 def directions_from_values(values) -> dict[int, np.ndarray]:
@@ -144,12 +180,14 @@ def directions_from_values(values) -> dict[int, np.ndarray]:
         raise SteeringError("'values' must be an object {\"<layer>\": [floats...]}")
     tensors = {}
     for k, v in values.items():
-        if not isinstance(v, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
-            raise SteeringError(f"values[{k!r}] must be a flat list of numbers")
-        try:
-            layer = int(k)
-        except (TypeError, ValueError):
-            raise SteeringError(f"values key {k!r} is not a layer number") from None
+        try:  # one strict grammar: "1" and " 1" must not both name layer 1
+            layer = parse_int(k, "values key (a layer number)", strings=True, lo=0, hi=9999)
+            if not isinstance(v, list):
+                raise NumberError(f"values[{k[:20]!r}] must be a flat list of numbers")
+            for x in v:
+                parse_float(x, f"values[{k[:20]!r}]")
+        except NumberError as e:
+            raise SteeringError(str(e)) from None
         tensors[f"direction.{layer}"] = np.asarray(v, dtype=np.float64)
     # JSON floats beyond f32 range become inf here and are refused below.
     with np.errstate(over="ignore"):

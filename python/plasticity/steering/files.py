@@ -24,7 +24,7 @@ from .spec import SteeringError
 GGUF_MAGIC = b"GGUF"
 ALIGN = 32
 MAX_FILE_BYTES = 1 << 30
-_DIR_RE = re.compile(r"^direction\.(\d{1,4})$")
+_DIR_RE = re.compile(r"direction\.(0|[1-9][0-9]{0,3})", re.ASCII)  # fullmatch; one spelling per layer
 
 # GGUF metadata value types
 _U8, _I8, _U16, _I16, _U32, _I32, _F32, _BOOL, _STR, _ARR, _U64, _I64, _F64 = range(13)
@@ -164,7 +164,7 @@ def directions_from_tensors(tensors: dict[str, np.ndarray], source: str) -> dict
     """Check ``direction.N`` tensors: names, 1-D, one shared length, finite."""
     out: dict[int, np.ndarray] = {}
     for name, arr in tensors.items():
-        m = _DIR_RE.match(name)
+        m = _DIR_RE.fullmatch(name) if isinstance(name, str) else None
         if not m:
             raise SteeringError(f"{source}: unexpected tensor {name!r} (expected only direction.<layer>)")
         arr = np.asarray(arr, dtype=np.float32)
