@@ -67,7 +67,7 @@ def measure(model_dir: pathlib.Path, kind: str, rank: int) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=str(ROOT / ".cache/plasticity/models/qwen3-tiny"))
+    ap.add_argument("--model", default=str(pathlib.Path.home() / ".cache/plasticity/models/qwen3-tiny"))
     ap.add_argument("--rank", type=int, default=32)
     args = ap.parse_args()
     torch.set_num_threads(2)

@@ -36,7 +36,7 @@ def main() -> int:
     import steering_support as ss
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=str(ROOT / ".cache/plasticity/models/qwen3-tiny"))
+    ap.add_argument("--model", default=str(Path.home() / ".cache/plasticity/models/qwen3-tiny"))
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--requests", type=int, default=32)
     ap.add_argument("--concurrency", type=int, default=16)

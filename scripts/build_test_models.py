@@ -7,7 +7,9 @@ stdlib modules), so no network or model hub is needed, and training uses a
 fixed seed and a fixed step count so that two runs on the same machine give
 byte-identical ``model.safetensors`` files.
 
-Layout under ``--out`` (default: ``<repo>/.cache/plasticity/models``)::
+Layout under ``--out`` (default: ``~/.cache/plasticity/models``, outside any checkout so that
+fresh clones on the same machine reuse the builds; ``PLASTICITY_CACHE_DIR`` or ``XDG_CACHE_HOME``
+move it; each model's manifest records the hash of its recipe and a mismatch rebuilds it)::
 
     corpus/      train.txt heldout.txt heldout.jsonl manifest.json
     tokenizer/   tokenizer.json tokenizer_config.json manifest.json
@@ -39,7 +41,18 @@ from pathlib import Path
 SCRIPT_VERSION = 1
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO_ROOT / ".cache" / "plasticity" / "models"
+
+
+def cache_root() -> Path:
+    """``$PLASTICITY_CACHE_DIR``, else ``$XDG_CACHE_HOME/plasticity``, else ``~/.cache/plasticity``."""
+    env = os.environ.get("PLASTICITY_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "plasticity"
+
+
+DEFAULT_OUT = cache_root() / "models"
 
 EOT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = [EOT, IM_START, IM_END]  # ids 0, 1, 2

@@ -35,7 +35,7 @@ rm -rf "$ROOT/dist"
 "$VENV/bin/maturin" build --release -q -i "$VENV/bin/python" -o "$ROOT/dist"
 "${UV[@]}" pip install -q -p "$VENV/bin/python" --reinstall --no-deps "$ROOT"/dist/plasticity-*.whl
 
-log "building the test models (cached under .cache/plasticity/models)"
+log "building the test models (cached outside the checkout, under \${PLASTICITY_CACHE_DIR:-~/.cache/plasticity}/models)"
 "$VENV/bin/python" scripts/build_test_models.py
 
 log "set-up done"

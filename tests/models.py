@@ -3,8 +3,10 @@
     from models import model_dir, heldout_path
     d = model_dir("qwen3-tiny")        # or "qwen3_5-tiny"
 
-The cache dir is ``<repo>/.cache/plasticity/models`` unless the environment
-variable ``PLASTICITY_TEST_MODELS_DIR`` points elsewhere.  A first build takes a
+The cache dir is ``~/.cache/plasticity/models`` (outside the checkout, so fresh clones on
+the same machine reuse the builds; ``PLASTICITY_CACHE_DIR`` moves it) unless the environment
+variable ``PLASTICITY_TEST_MODELS_DIR`` points elsewhere. Each model's manifest records the hash of
+its recipe; a build whose recipe changed is redone.  A first build takes a
 few minutes per model on CPU; later calls only compare the manifest hash.
 """
 

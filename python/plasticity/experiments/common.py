@@ -63,7 +63,8 @@ def repo_root() -> Path:
 def models_root() -> Path:
     """Where scripts/build_test_models.py puts the local models: ``PLASTICITY_TEST_MODELS_DIR``, else
     ``.cache/plasticity/models`` in the current directory or the nearest parent that has one (the
-    installed wheel lives in site-packages, far from the checkout), else beside an editable source tree."""
+    installed wheel lives in site-packages, far from the checkout), else the user cache
+    (``~/.cache/plasticity/models``, where scripts/setup.sh builds them)."""
     env = os.environ.get("PLASTICITY_TEST_MODELS_DIR")
     if env:
         return Path(env)
@@ -71,7 +72,17 @@ def models_root() -> Path:
     for d in (here, *here.parents):
         if (d / MODELS_SUBDIR).is_dir():
             return d / MODELS_SUBDIR
-    return repo_root() / MODELS_SUBDIR
+    return user_cache() / "models"
+
+
+def user_cache() -> Path:
+    """Where scripts/setup.sh builds the models now, outside every checkout: ``$PLASTICITY_CACHE_DIR``,
+    else ``$XDG_CACHE_HOME/plasticity``, else ``~/.cache/plasticity``."""
+    env = os.environ.get("PLASTICITY_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "plasticity"
 
 
 def resolve_model(arg: str | None, default_name: str) -> Path:
