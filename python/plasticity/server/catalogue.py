@@ -29,6 +29,7 @@ class Entry:
     norms: dict[int, float]
     source: str
     max_abs: float = 0.0  # largest |element| over all layers (overflow check of scale × vector)
+    generation: int = 0  # which registration of this name (a replaced vector must not reuse K/V)
 
     def to_json(self) -> dict:
         return {"name": self.name, "layers": self.layers, "norm": {str(k): v for k, v in self.norms.items()},
@@ -43,6 +44,7 @@ class Catalogue:
         self.num_layers = int(info["num_layers"])
         self.dtype_max = _DTYPE_MAX.get(str(info.get("dtype", "float32")), _DTYPE_MAX["float16"])
         self.entries: dict[str, Entry] = {}
+        self._registrations = 0
         self.default: SteerSpec | None = None
         self.lock = asyncio.Lock()  # admin changes are serialised
 
@@ -138,8 +140,14 @@ class Catalogue:
             if name not in self.entries:
                 await self.engine.collective_rpc("plasticity_delete_vector", args=(name,))
             raise SteeringError(errors[0])
+        self._registrations += 1
+        e.generation = self._registrations
         self.entries[name] = e
         return e
+
+    def generations(self, names) -> tuple:
+        """Which registration of each vector a request uses (part of its prefix-cache salt)."""
+        return tuple(self.entries[n].generation for n in names if n in self.entries)
 
     async def remove(self, name: str) -> None:
         if name not in self.entries:

@@ -44,11 +44,15 @@ def generation_routes(app) -> list[str]:
     return sorted(out)
 
 
-def _salt(user_salt, spec: SteerSpec) -> str:
-    if user_salt is None:
+def _salt(user_salt, spec: SteerSpec | None, generations: tuple, weights: str | None) -> str:
+    """The prefix-cache salt: K/V is reused only between requests with the same user salt, the same
+    steering (vectors, scales, layers, and the same registration of each vector) and the same
+    version of the live weights. Stays within vLLM's 128-character limit."""
+    if user_salt is None and weights is None and not generations and spec is not None:
         return spec.cache_salt()
-    # Keep the user's partitioning and add ours; stay within vLLM's 128-char limit.
-    return "plasticity-steer-" + hashlib.sha256(f"{user_salt}\0{spec.key!r}".encode()).hexdigest()[:32]
+    text = f"{user_salt}\0{spec.key if spec else None!r}\0{generations!r}\0{weights}"
+    prefix = "plasticity-steer-" if spec is not None else "plasticity-w-"
+    return prefix + hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def _has_steering(doc) -> bool:
@@ -66,8 +70,9 @@ def _has_steering(doc) -> bool:
     return False
 
 
-def rewrite_doc(doc, catalogue, path: str, key: bytes | None) -> dict | None:
+def rewrite_doc(doc, catalogue, path: str, key: bytes | None, weights: str | None = None) -> dict | None:
     """The rewritten body of a request to one of vLLM's routes, or None to pass it unchanged.
+    ``weights``: the live weights' version (salted in, so no K/V of older weights is reused).
     Raises SteeringError (→ 400)."""
     if path not in REWRITE_PATHS:
         if _has_steering(doc):
@@ -81,19 +86,22 @@ def rewrite_doc(doc, catalogue, path: str, key: bytes | None) -> dict | None:
     if isinstance(xargs, dict) and SIG_KEY in xargs:
         raise SteeringError(f"vllm_xargs.{SIG_KEY} is set by the server, not by clients")
     spec = catalogue.resolve(xargs)
-    if spec is None:
+    if spec is None and weights is None:
         return None
-    xargs = {k: v for k, v in (xargs or {}).items() if k not in KEYS}
     if spec is False:
-        doc["vllm_xargs"] = xargs or None
-    else:
+        doc["vllm_xargs"] = {k: v for k, v in xargs.items() if k not in KEYS} or None
+        spec = None
+    elif spec is not None:
         if key is None:
             raise SteeringError("steering is not ready yet (no key agreed with the engine)")
+        xargs = {k: v for k, v in (xargs or {}).items() if k not in KEYS}
         canon = spec.to_xargs()
         xargs.update(canon)
         xargs[SIG_KEY] = sign(key, canon)
         doc["vllm_xargs"] = xargs
-        doc["cache_salt"] = _salt(doc.get("cache_salt"), spec)
+    gens = catalogue.generations(spec.names) if spec is not None else ()
+    if spec is not None or weights is not None:
+        doc["cache_salt"] = _salt(doc.get("cache_salt"), spec, gens, weights)
     return doc
 
 
@@ -105,10 +113,12 @@ async def _answer(send, code: int, payload: bytes) -> None:
 
 
 class PlasticityMiddleware:
-    def __init__(self, app, get_catalogue, get_key=lambda: None, max_body: int = MAX_BODY):
+    def __init__(self, app, get_catalogue, get_key=lambda: None, get_weights_version=lambda: None,
+                 max_body: int = MAX_BODY):
         self.app = app
         self.get_catalogue = get_catalogue
         self.get_key = get_key
+        self.get_weights_version = get_weights_version
         self.max_body = max_body
 
     async def __call__(self, scope, receive, send):
@@ -135,7 +145,8 @@ class PlasticityMiddleware:
                     if catalogue is None:
                         if _has_steering(doc):
                             raise SteeringError("steering is not initialised yet")
-                    elif (out := rewrite_doc(doc, catalogue, path, self.get_key())) is not None:
+                    elif (out := rewrite_doc(doc, catalogue, path, self.get_key(),
+                                             self.get_weights_version())) is not None:
                         new = json.dumps(out).encode()
                 except SteeringError as e:
                     return await _answer(send, 400, error_body(e, 400, param="vllm_xargs"))

@@ -152,7 +152,8 @@ class PlasticityEndpoints:
         plugin.training.attach(r)
         app.include_router(r)
         app.add_middleware(PlasticityMiddleware, get_catalogue=lambda: plugin.catalogue,
-                           get_key=lambda: plugin.request_key)
+                           get_key=lambda: plugin.request_key,
+                           get_weights_version=plugin.training.weights_version)
         self.app = app
         from . import capture
 

@@ -60,7 +60,8 @@ class TrainingRoutes:
         self.engine = None
         self.tok = None
         self.journal = Journal(self.cfg.journal) if (self.cfg.enabled and self.cfg.journal) else None
-        self.known_ids: set[str] = set()  # every id in the journal: a repeat is refused (409)
+        self.known_ids: set[str] = set()
+        self.version = None  # reads the live weights' version (prefix-cache salt), once training runs  # every id in the journal: a repeat is refused (409)
         self.accepted = 0
         for d in (self.cfg.journal, self.cfg.snapshot_dir, self.cfg.checkpoint_dir, self.cfg.source):
             private_dir(d.parent if d is not None and d.suffix else d)
@@ -245,6 +246,10 @@ class TrainingRoutes:
 
         dream_server.attach(r, plugin)
 
+    def weights_version(self) -> str | None:
+        """The live weights' version, for the prefix-cache salt (None: training is off)."""
+        return self.version.read() if self.version is not None else None
+
     def load_known_ids(self) -> None:
         """The ids of every example the journal holds (accepted before this start included)."""
         if self.journal is not None:
@@ -278,6 +283,9 @@ class TrainingRoutes:
 
         self.tok = await asyncio.to_thread(AutoTokenizer.from_pretrained, getattr(args, "tokenizer", None) or args.model)
         await asyncio.to_thread(self.load_known_ids)
+        from plasticity.training.version import VersionReader, version_path
+
+        self.version = VersionReader(version_path(self.cfg.journal))
         res = await engine_client.collective_rpc("plasticity_train_start")
         if not all(x.get("ok") for x in res):
             raise RuntimeError(f"plasticity: training could not start in the worker: {res}")

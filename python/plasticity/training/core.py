@@ -187,6 +187,7 @@ class Trainer:
         self.replay_credit = 0.0
         self.heldout_ids: torch.Tensor | None = None
         self.guard = None  # snapshots.Guard, set by the worker when configured
+        self.version = None  # version.WeightsVersion: bumped after every change of the live weights
         self.control: "queue_mod.SimpleQueue" = queue_mod.SimpleQueue()  # (job id, fn) run between steps
         self.jobs: dict[str, dict] = {}
         self.paused = threading.Event()
@@ -313,6 +314,10 @@ class Trainer:
         if self.guard is not None:
             self.guard.check(self)
 
+    def _bump(self) -> None:
+        if self.version is not None:
+            self.version.bump()
+
     def _failed(self, batch: list[dict]) -> None:
         """A step raised: count it, and put its examples back to be trained by the next steps. An
         example in MAX_ATTEMPTS failed steps is given up, journaled as "failed" and counted."""
@@ -366,8 +371,11 @@ class Trainer:
             except queue_mod.Empty:
                 return
             try:
-                self.jobs[jid] = {"done": True, "ok": True, "result": fn()}
+                result = fn()
+                self._bump()  # a control job may have changed the live weights (rollback, merge)
+                self.jobs[jid] = {"done": True, "ok": True, "result": result}
             except Exception as e:  # noqa: BLE001 - reported to the caller
+                self._bump()
                 code = getattr(e, "code", None)
                 if code is None:
                     log.exception("plasticity: control job failed")
@@ -479,6 +487,7 @@ class Trainer:
                 self._failed(batch)
             else:
                 self._finish(batch, res)
+            self._bump()  # after the step (and a guard rollback): no K/V of older weights is reused
             self._yield(time.monotonic() - t0)
 
     def _yield(self, dt: float) -> None:

@@ -107,6 +107,9 @@ class _State:
         self.snaps.max_norm_growth = cfg.max_edit_norm_growth
         self.cfg = cfg
         self.recovered = self.trainer.recover(cfg.journal)
+        from plasticity.training.version import WeightsVersion, version_path
+
+        self.trainer.version = WeightsVersion(version_path(cfg.journal))  # after recovery's restore
         if cfg.guard_every:
             self.trainer.guard = snapshots.Guard(self.snaps, cfg.guard_every, cfg.guard_threshold)
             if self.trainer.stats.get("checkpoint_step") is not None:
@@ -235,6 +238,7 @@ def _scale_param(st, name, factor):
     """Test hook: multiply one live tensor in place (under the lock)."""
     with LOCK, torch.no_grad():
         st.live[name].mul_(float(factor))
+    st.trainer._bump()
     return {"name": name}
 
 
