@@ -10,4 +10,4 @@ bash scripts/setup_mergekit.sh
 echo "== cargo test --workspace"
 cargo test --workspace --release
 echo "== pytest"
-.venv/bin/python -m pytest -q -rs tests "$@"
+.venv/bin/python -m pytest -q -rs --durations=25 tests "$@"

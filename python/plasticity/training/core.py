@@ -54,6 +54,57 @@ def frozen_context_loss(model, context: list[int], decision: list[int], device="
     return F.cross_entropy(logits, torch.tensor(decision, device=device)), len(decision)
 
 
+def batchable(model) -> bool:
+    """Whether the examples of a step can run as one padded batch: attention-only models. (A
+    linear-attention layer's recurrent state would run over the padding; those go one by one.)"""
+    cfg = getattr(model, "config", None)
+    types = getattr(cfg, "layer_types", None) or ()
+    return not any("linear" in str(t) for t in types)
+
+
+def frozen_context_loss_batch(model, items: list[tuple[list[int], list[int]]], device="cpu"
+                              ) -> tuple[torch.Tensor, int]:
+    """The mean over ``items`` of :func:`frozen_context_loss`, computed as one padded batch: one
+    no-grad pass over the frozen prefixes (left-padded, so every prefix ends at the same column),
+    one pass with autograd over the segments (right-padded), the padding masked out of attention
+    and out of the loss. Returns (loss, decision tokens)."""
+    for c, d in items:
+        if len(c) < 1 or len(d) < 1:
+            raise ValueError("an example needs ≥ 1 context token and ≥ 1 decision token")
+    B = len(items)
+    pre = [len(c) - 1 for c, _ in items]
+    Lc = max(pre)
+    segs = [[c[-1]] + d[:-1] for c, d in items]
+    Ls = max(len(s) for s in segs)
+    past, mask_c = None, torch.zeros(B, 0, dtype=torch.long)
+    if Lc > 0:
+        ids = torch.zeros(B, Lc, dtype=torch.long)
+        mask_c = torch.zeros(B, Lc, dtype=torch.long)
+        for i, (c, _) in enumerate(items):
+            if pre[i]:
+                ids[i, Lc - pre[i]:] = torch.tensor(c[:-1])
+                mask_c[i, Lc - pre[i]:] = 1
+        pos = (mask_c.cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad():
+            past = model(input_ids=ids.to(device), attention_mask=mask_c.to(device), position_ids=pos.to(device),
+                         use_cache=True).past_key_values
+    sids = torch.zeros(B, Ls, dtype=torch.long)
+    mask_s = torch.zeros(B, Ls, dtype=torch.long)
+    tgt = torch.full((B, Ls), -100, dtype=torch.long)
+    for i, (s, (_, d)) in enumerate(zip(segs, items)):
+        sids[i, :len(s)] = torch.tensor(s)
+        mask_s[i, :len(s)] = 1
+        tgt[i, :len(d)] = torch.tensor(d)
+    pos = torch.tensor(pre).view(B, 1) + torch.arange(Ls).view(1, Ls)
+    out = model(input_ids=sids.to(device), attention_mask=torch.cat([mask_c, mask_s], 1).to(device),
+                position_ids=pos.to(device), past_key_values=past, use_cache=past is not None)
+    logits = out.logits.float()
+    ce = F.cross_entropy(logits.reshape(B * Ls, -1), tgt.reshape(-1).to(device), ignore_index=-100,
+                         reduction="none").view(B, Ls)
+    lens = torch.tensor([len(d) for _, d in items], dtype=ce.dtype, device=ce.device)
+    return (ce.sum(1) / lens).mean(), int(lens.sum())
+
+
 def _no_inplace_state_updates(cache) -> None:
     """transformers' linear-attention cache layers copy the new recurrent state
     *into* the old tensor, which the decision segment's autograd graph saved as
@@ -188,6 +239,7 @@ class Trainer:
         self.heldout_ids: torch.Tensor | None = None
         self.guard = None  # snapshots.Guard, set by the worker when configured
         self.version = None  # version.WeightsVersion: bumped after every change of the live weights
+        self._batchable = batchable(model)
         self.control: "queue_mod.SimpleQueue" = queue_mod.SimpleQueue()  # (job id, fn) run between steps
         self.jobs: dict[str, dict] = {}
         self.paused = threading.Event()
@@ -268,11 +320,15 @@ class Trainer:
         losses, ntok = [], 0
         saved = _SavedBytes(self._weight_storages)
         with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
-            for ctx, dec in items:
-                loss, n = frozen_context_loss(self.model, ctx, dec)
+            if self._batchable:  # one padded batch: a few large GEMMs instead of many small ones
+                loss, ntok = frozen_context_loss_batch(self.model, items)
                 losses.append(loss)
-                ntok += n
-            loss = torch.stack(losses).mean()
+            else:
+                for ctx, dec in items:
+                    loss, n = frozen_context_loss(self.model, ctx, dec)
+                    losses.append(loss)
+                    ntok += n
+                loss = torch.stack(losses).mean()
         self.stats["activation_bytes"] = saved.bytes
         self.stats["activation_bytes_peak"] = max(self.stats.get("activation_bytes_peak", 0), saved.bytes)
         lv = float(loss.detach())
