@@ -37,14 +37,14 @@ def parse_float(value, what: str, *, strings: bool = False, lo: float | None = N
             raise NumberError(f"{what}: {_short(value)} is out of range") from None
     elif strings and isinstance(value, str):
         if value.lstrip("+-").lower() in ("nan", "inf", "infinity"):
-            raise NumberError(f"{what}: {_short(value)} is not finite")
+            raise NumberError(f"{what}: {_short(value)} is NaN or Inf (not finite)")
         if len(value) > _MAX_DIGITS or not _FLOAT.fullmatch(value):
             raise NumberError(f"{what}: {_short(value)} is not a number (plain ASCII digits, e.g. -1.5e-3)")
         x = float(value)
     else:
         raise NumberError(f"{what} must be a number, got {type(value).__name__}")
     if not math.isfinite(x):
-        raise NumberError(f"{what}: {_short(value)} is not finite")
+        raise NumberError(f"{what}: {_short(value)} is NaN or Inf (not finite)")
     if lo is not None and x < lo or hi is not None and x > hi:
         raise NumberError(f"{what}: {_short(value)} is outside [{lo if lo is not None else '-inf'}, "
                           f"{hi if hi is not None else 'inf'}]")

@@ -570,10 +570,17 @@ class MemoryStore:
         self._check_identity(*identity)
         c.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
         c.execute("PRAGMA foreign_keys = ON")
-        try:
-            c.execute("PRAGMA journal_mode = WAL").fetchone()
-        except sqlite3.OperationalError as e:
-            raise MemoryStoreError(f"{self.path}: cannot switch to WAL mode: {e}") from None
+        # Switching a fresh file to WAL needs an exclusive lock, and SQLite may answer "locked"
+        # without waiting on busy_timeout while other openers hold a read lock: retry until it.
+        deadline = time.monotonic() + busy_timeout
+        while True:
+            try:
+                c.execute("PRAGMA journal_mode = WAL").fetchone()
+                break
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) and "busy" not in str(e) or time.monotonic() >= deadline:
+                    raise MemoryStoreError(f"{self.path}: cannot switch to WAL mode: {e}") from None
+                time.sleep(0.005)
         c.execute("PRAGMA synchronous = FULL")
         self._migrate()
 
