@@ -73,6 +73,81 @@ def test_non_finite_gradient_skips_remaining_params(trainer):
         assert torch.equal(p, before[n]), n
 
 
+def _state_copy(opt):
+    return {id(p): {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in opt.state[p].items()}
+            for g in opt.param_groups for p in g["params"]}
+
+
+def _poison_mid_backward(tr, m):
+    """A hook that makes layer 1's down_proj gradient NaN: backward reaches it after layers 3 and 2
+    (and their parameters) have already stepped."""
+    mid = [p for n, p in m.named_parameters() if n in tr.trainable and ".layers.1.mlp.down_proj" in n][0]
+    return mid.register_hook(lambda g: g * float("nan"))
+
+
+def test_non_finite_gradient_mid_backward_rolls_back_stepped_params(trainer):
+    tr, cfg, m = trainer
+    tr.step([_ex(0)])  # a first clean step: moments are non-zero, so their restore is checked too
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    state = _state_copy(tr.opt)
+    h = _poison_mid_backward(tr, m)
+    res = tr.step([_ex(1)])
+    h.remove()
+    assert res["skipped"] and res["updated_params"] == 0
+    assert res["rolled_back_params"] > 0  # later layers had stepped: the case that needs the undo log
+    for n, p in m.named_parameters():
+        assert torch.equal(p, before[n]), n  # bit-identical, stepped ones included
+    after = _state_copy(tr.opt)
+    for g in tr.opt.param_groups:
+        for p in g["params"]:
+            a, b = state[id(p)], after[id(p)]
+            assert a.keys() == b.keys()
+            for k in a:
+                assert (torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k]), k
+    assert tr.status()["undo_bytes_peak"] > 0
+
+
+def test_rolled_back_step_leaves_no_trace(trainer, tmp_path):
+    """The step after a rolled-back one gives the same weights as if the bad step never happened."""
+    tr, cfg, m = trainer
+    from transformers import AutoModelForCausalLM
+
+    m2 = AutoModelForCausalLM.from_pretrained(model_dir("qwen3-tiny"), dtype=torch.float32).eval()
+    for n, p in m2.named_parameters():
+        p.requires_grad_(n in tr.trainable)
+    cfg2 = tc.from_dict({"enabled": True, "lr": 1e-3, "rank": 8, "journal": str(tmp_path / "j2.jsonl"),
+                         "replay_ratio": 0.0})
+    tr2 = core.Trainer(m2, tr.trainable, cfg2, TrainQueue(100), threading.Lock())
+    h = _poison_mid_backward(tr, m)
+    assert tr.step([_ex(1)])["skipped"]
+    h.remove()
+    tr.step([_ex(2)])
+    tr2.step([_ex(2)])
+    p2 = dict(m2.named_parameters())
+    for n, p in m.named_parameters():
+        assert torch.equal(p, p2[n]), n
+
+
+def test_non_atomic_steps_leave_later_layers_stepped(tmp_path):
+    """atomic_steps = false keeps the old, cheaper behaviour (no undo log): what the undo log fixes."""
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(model_dir("qwen3-tiny"), dtype=torch.float32).eval()
+    sel = views.select([n for n, _ in m.named_parameters()], ["all-linear"])
+    for n, p in m.named_parameters():
+        p.requires_grad_(n in sel)
+    cfg = tc.from_dict({"enabled": True, "lr": 1e-3, "rank": 8, "journal": str(tmp_path / "j.jsonl"),
+                        "replay_ratio": 0.0, "atomic_steps": False})
+    tr = core.Trainer(m, sorted(sel), cfg, TrainQueue(100), threading.Lock())
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    h = _poison_mid_backward(tr, m)
+    res = tr.step([_ex(1)])
+    h.remove()
+    assert res["skipped"] and res["updated_params"] > 0 and res["rolled_back_params"] == 0
+    assert any(not torch.equal(p, before[n]) for n, p in m.named_parameters())
+    assert tr.status()["undo_bytes_peak"] == 0
+
+
 def test_journal_recovery_trains_untrained_and_not_trained(trainer, tmp_path):
     tr, cfg, m = trainer
     acc = core.Journal(cfg.journal)

@@ -12,6 +12,8 @@ norm_growth_limit = 1.01
 betas = [0.9, 0.999]
 weight_decay = 0.0
 stochastic_rounding = true # bf16/f16 weights: unbiased rounding, so sub-ulp updates are not lost
+atomic_steps = true        # a non-finite gradient mid-backward rolls back the parameters already stepped
+                           # (costs a transient copy of the trainable weights during each backward)
 modules = ["all-linear"]   # presets: all-linear, attention, mlp, gdn, gdn-gates, norms, embeddings, all;
                            # or leaf names such as "q_proj", "A_log", "dt_bias", "in_proj_qkv"
 replay_ratio = 0.25        # fraction of each batch drawn from the replay source
@@ -51,7 +53,8 @@ ENV = "PLASTICITY_CONFIG"
 
 _DEFAULTS = dict(
     enabled=False, lr=1e-5, rank=256, scale_type="channel", alpha=None, update_proj_gap=200,
-    norm_growth_limit=1.01, betas=(0.9, 0.999), weight_decay=0.0, stochastic_rounding=True, modules=("all-linear",),
+    norm_growth_limit=1.01, betas=(0.9, 0.999), weight_decay=0.0, stochastic_rounding=True, atomic_steps=True,
+    modules=("all-linear",),
     replay_ratio=0.25, replay_source=None, batch_size=4, max_steps=0, max_example_tokens=2048,
     max_decision_tokens=512, journal=None, checkpoint_dir=None, checkpoint_every=0, heldout=None,
     eval_every=0, threads=1, yield_ms=0.0, serving_duty=0.25, serving_idle_ms=500.0, queue_capacity=10000, seed=0,
@@ -74,6 +77,7 @@ class TrainingConfig:
     betas: tuple = (0.9, 0.999)
     weight_decay: float = 0.0
     stochastic_rounding: bool = True
+    atomic_steps: bool = True
     modules: tuple = ("all-linear",)
     replay_ratio: float = 0.25
     replay_source: Path | None = None
@@ -127,7 +131,8 @@ def from_dict(sec: dict, base: Path | None = None, source: Path | None = None) -
         alpha=None if v["alpha"] is None else float(v["alpha"]), update_proj_gap=int(v["update_proj_gap"]),
         norm_growth_limit=None if v["norm_growth_limit"] is None else float(v["norm_growth_limit"]),
         betas=tuple(float(b) for b in v["betas"]), weight_decay=float(v["weight_decay"]),
-        stochastic_rounding=bool(v["stochastic_rounding"]), modules=v["modules"],
+        stochastic_rounding=bool(v["stochastic_rounding"]), atomic_steps=bool(v["atomic_steps"]),
+        modules=v["modules"],
         replay_ratio=float(v["replay_ratio"]), replay_source=v["replay_source"], batch_size=int(v["batch_size"]),
         max_steps=int(v["max_steps"]), max_example_tokens=int(v["max_example_tokens"]),
         max_decision_tokens=int(v["max_decision_tokens"]), journal=v["journal"], checkpoint_dir=v["checkpoint_dir"],

@@ -130,27 +130,67 @@ class LiveApollo(Apollo):
     """Apollo in fused mode, for parameters that are views of served weights.
 
     Each parameter update is taken under ``lock`` (the serving forward holds
-    the same lock), so a forward never sees a half-written tensor. Once one
-    parameter's gradient is non-finite in a backward, that parameter and every
-    later one in the same backward are skipped (weights bit-identical); the
-    step is reported as skipped."""
+    the same lock), so a forward never sees a half-written tensor. A step is
+    all or nothing: once one parameter's gradient is non-finite in a backward,
+    it and every later one are skipped, and with ``atomic`` the parameters
+    already stepped in that backward are put back (weights and optimizer state
+    bit-identical to before the step) from an undo log of their old values,
+    kept only until the backward ends."""
 
-    def __init__(self, params, lock: threading.Lock, **kw):
+    def __init__(self, params, lock: threading.Lock, *, atomic: bool = True, **kw):
         self.lock = lock
+        self.atomic = atomic
         self.poisoned = False
         self.updated = 0
+        self.rolled_back = 0
+        self.undo_bytes_peak = 0
+        self._undo: list[tuple[torch.Tensor, torch.Tensor, dict]] = []
+        self._undo_bytes = 0
         super().__init__(params, fused=True, **kw)
+
+    def begin(self) -> None:
+        """Call before each backward."""
+        self.poisoned = False
+        self.updated = 0
+        self.rolled_back = 0
+        self._undo, self._undo_bytes = [], 0
+
+    def end(self) -> None:
+        """Call after each backward: the step stands, the undo log is freed."""
+        self._undo, self._undo_bytes = [], 0
 
     def _step_param(self, p, group):
         if self.poisoned:
             return  # the hook frees the gradient
         before = self.skipped
         with self.lock:
+            if self.atomic:
+                old = p.detach().clone()
+                self._undo.append((p, old, _copy_state(self.state[p])))
+                self._undo_bytes += old.numel() * old.element_size()
+                self.undo_bytes_peak = max(self.undo_bytes_peak, self._undo_bytes)
             super()._step_param(p, group)
         if self.skipped != before:
             self.poisoned = True
+            self._roll_back()
         else:
             self.updated += 1
+
+    @torch.no_grad()
+    def _roll_back(self) -> None:
+        with self.lock:
+            for p, old, state in reversed(self._undo):
+                p.copy_(old)
+                self.state[p] = state
+        self.rolled_back = max(len(self._undo) - 1, 0)  # the poisoned one itself never stepped
+        if self.atomic:
+            self.updated = 0
+        self._undo, self._undo_bytes = [], 0
+
+
+def _copy_state(state: dict) -> dict:
+    # Moments are updated in place by the Rust step: copy them; the rest are plain values.
+    return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
 
 
 def read_texts(path: Path) -> list[str]:
@@ -228,7 +268,7 @@ class Trainer:
                               alpha=cfg.alpha, update_proj_gap=cfg.update_proj_gap,
                               norm_growth_limit=cfg.norm_growth_limit, betas=cfg.betas,
                               weight_decay=cfg.weight_decay, stochastic_rounding=cfg.stochastic_rounding,
-                              seed=cfg.seed, threads=cfg.threads)
+                              seed=cfg.seed, threads=cfg.threads, atomic=cfg.atomic_steps)
         self.done_journal = Journal(cfg.done_journal) if cfg.done_journal else None
         self.seen: set[str] = set()
         self.retry: deque = deque()  # examples of a failed step, trained before the queue's next
@@ -332,11 +372,13 @@ class Trainer:
         self.stats["activation_bytes"] = saved.bytes
         self.stats["activation_bytes_peak"] = max(self.stats.get("activation_bytes_peak", 0), saved.bytes)
         lv = float(loss.detach())
-        self.opt.poisoned = False
-        self.opt.updated = 0
+        self.opt.begin()
         skipped = not math.isfinite(lv)
         if not skipped:
-            loss.backward()  # fused: each parameter steps (under the lock) as its gradient completes
+            try:
+                loss.backward()  # fused: each parameter steps (under the lock) as its gradient completes
+            finally:
+                self.opt.end()
             skipped = self.opt.poisoned
         else:
             del loss, losses
@@ -350,12 +392,14 @@ class Trainer:
         st["train_seconds"] += dt
         if skipped:
             st["skipped_steps"] += 1
-            log.warning("plasticity: training step %d skipped (non-finite loss or gradient; %d params had "
-                        "already stepped)", st["step"], self.opt.updated)
+            log.warning("plasticity: training step %d skipped (non-finite loss or gradient; %d params "
+                        "already stepped were rolled back, %d left stepped)", st["step"], self.opt.rolled_back,
+                        self.opt.updated)
         else:
             st["last_loss"] = lv
             st["loss_ema"] = lv if st["loss_ema"] is None else 0.9 * st["loss_ema"] + 0.1 * lv
-        return {"loss": lv, "skipped": skipped, "tokens": ntok, "replay": n_rep, "updated_params": self.opt.updated}
+        return {"loss": lv, "skipped": skipped, "tokens": ntok, "replay": n_rep, "updated_params": self.opt.updated,
+                "rolled_back_params": self.opt.rolled_back}
 
     def _finish(self, batch, res) -> None:
         self.stats["examples_done"] += len(batch)
@@ -580,6 +624,7 @@ class Trainer:
         st["optimizer_state_bytes"] = self.opt.state_bytes()
         st["adamw_state_bytes"] = 2 * 4 * st["trainable_params"]
         st["optimizer_skipped_params"] = self.opt.skipped
+        st["undo_bytes_peak"] = self.opt.undo_bytes_peak  # atomic steps: transient copy during backward
         if self.guard is not None:
             st["guard"] = self.guard.status()
         st["largest_grad_bytes"] = max((p.numel() * p.element_size() for p in self.params), default=0)  # fused: one at a time
