@@ -194,3 +194,25 @@ def test_serving_duty_cycle_pause(trainer):
     assert tr.pause_after(0.2) == 0.0
     tr.last_serve = lambda: None
     assert tr.pause_after(0.2) == 0.0
+
+
+def test_heldout_eval_is_batched_and_yields_to_serving(trainer, monkeypatch):
+    """The held-out evaluation runs EVAL_ROWS windows per forward (same perplexity as one window at a
+    time) and, on the training thread, pauses after each chunk like a training step does."""
+    tr, cfg, m = trainer
+    g = torch.Generator().manual_seed(0)
+    tr.heldout_ids = torch.randint(0, m.config.vocab_size, (core.EVAL_ROWS * 2 + 3, 32), generator=g)
+    with torch.no_grad():
+        nll = sum(torch.nn.functional.cross_entropy(m(input_ids=r[None]).logits[0, :-1].double(), r[1:],
+                                                    reduction="sum").item() for r in tr.heldout_ids)
+    one_at_a_time = float(torch.tensor(nll / (tr.heldout_ids.shape[0] * 31)).exp())
+    pauses = []
+    monkeypatch.setattr(tr, "_yield", lambda dt: pauses.append(dt))
+    assert tr.heldout_ppl() == pytest.approx(one_at_a_time, rel=1e-5)
+    assert pauses == []  # not the training thread: an operator's request is not duty-cycled
+    tr.thread = threading.current_thread()
+    try:
+        assert tr.heldout_ppl() == pytest.approx(one_at_a_time, rel=1e-5)
+    finally:
+        tr.thread = None
+    assert len(pauses) == 3 and all(dt > 0 for dt in pauses)  # 8 + 8 + 3 windows
