@@ -63,12 +63,14 @@ def batchable(model) -> bool:
     return not any("linear" in str(t) for t in types)
 
 
-def frozen_context_loss_batch(model, items: list[tuple[list[int], list[int]]], device="cpu"
-                              ) -> tuple[torch.Tensor, int]:
+def frozen_context_loss_batch(model, items: list[tuple[list[int], list[int]]], device="cpu",
+                              times: dict | None = None) -> tuple[torch.Tensor, int]:
     """The mean over ``items`` of :func:`frozen_context_loss`, computed as one padded batch: one
     no-grad pass over the frozen prefixes (left-padded, so every prefix ends at the same column),
     one pass with autograd over the segments (right-padded), the padding masked out of attention
-    and out of the loss. Returns (loss, decision tokens)."""
+    and out of the loss. Returns (loss, decision tokens); ``times`` gets the seconds of the
+    context and decision passes added to its "context" and "decision" keys."""
+    t0 = time.perf_counter()
     for c, d in items:
         if len(c) < 1 or len(d) < 1:
             raise ValueError("an example needs ≥ 1 context token and ≥ 1 decision token")
@@ -89,6 +91,7 @@ def frozen_context_loss_batch(model, items: list[tuple[list[int], list[int]]], d
         with torch.no_grad():
             past = model(input_ids=ids.to(device), attention_mask=mask_c.to(device), position_ids=pos.to(device),
                          use_cache=True).past_key_values
+    t1 = time.perf_counter()
     sids = torch.zeros(B, Ls, dtype=torch.long)
     mask_s = torch.zeros(B, Ls, dtype=torch.long)
     tgt = torch.full((B, Ls), -100, dtype=torch.long)
@@ -103,7 +106,11 @@ def frozen_context_loss_batch(model, items: list[tuple[list[int], list[int]]], d
     ce = F.cross_entropy(logits.reshape(B * Ls, -1), tgt.reshape(-1).to(device), ignore_index=-100,
                          reduction="none").view(B, Ls)
     lens = torch.tensor([len(d) for _, d in items], dtype=ce.dtype, device=ce.device)
-    return (ce.sum(1) / lens).mean(), int(lens.sum())
+    loss = (ce.sum(1) / lens).mean()
+    if times is not None:
+        times["context"] = times.get("context", 0.0) + t1 - t0
+        times["decision"] = times.get("decision", 0.0) + time.perf_counter() - t1
+    return loss, int(lens.sum())
 
 
 def _no_inplace_state_updates(cache) -> None:
@@ -147,6 +154,7 @@ class LiveApollo(Apollo):
         self.undo_bytes_peak = 0
         self._undo: list[tuple[torch.Tensor, torch.Tensor, dict]] = []
         self._undo_bytes = 0
+        self.times = {"apollo": 0.0, "undo": 0.0, "lock_wait": 0.0}  # seconds, cumulative
         super().__init__(params, fused=True, **kw)
 
     def begin(self) -> None:
@@ -164,13 +172,20 @@ class LiveApollo(Apollo):
         if self.poisoned:
             return  # the hook frees the gradient
         before = self.skipped
+        t0 = time.perf_counter()
         with self.lock:
+            t1 = time.perf_counter()
             if self.atomic:
                 old = p.detach().clone()
                 self._undo.append((p, old, _copy_state(self.state[p])))
                 self._undo_bytes += old.numel() * old.element_size()
                 self.undo_bytes_peak = max(self.undo_bytes_peak, self._undo_bytes)
+            t2 = time.perf_counter()
             super()._step_param(p, group)
+            t3 = time.perf_counter()
+        self.times["lock_wait"] += t1 - t0
+        self.times["undo"] += t2 - t1
+        self.times["apollo"] += t3 - t2
         if self.skipped != before:
             self.poisoned = True
             self._roll_back()
@@ -286,6 +301,9 @@ class Trainer:
         self.paused = threading.Event()
         self.stop_ev = threading.Event()
         self.thread: threading.Thread | None = None
+        # where training time goes (seconds, cumulative): context, decision or forward, backward, eval,
+        # duty_sleep here; apollo, undo, lock_wait in the optimizer
+        self.profile: dict[str, float] = {}
         self.stats = dict(step=0, examples_done=0, replay_used=0, skipped_steps=0, last_loss=None,
                           loss_ema=None, train_tokens=0, train_seconds=0.0, heldout_ppl=None,
                           heldout_ppl_initial=None, heldout_step=None, last_error=None, checkpoint_step=None)
@@ -344,6 +362,7 @@ class Trainer:
                                      reduction="sum").item()
             count += rows[:, 1:].numel()
             del logits
+            self.profile["eval"] = self.profile.get("eval", 0.0) + time.monotonic() - t0
             if on_thread:
                 self._yield(time.monotonic() - t0)
         return math.exp(total / count)
@@ -372,9 +391,10 @@ class Trainer:
         t0 = time.time()
         losses, ntok = [], 0
         saved = _SavedBytes(self._weight_storages)
+        prof = self.profile
         with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
             if self._batchable:  # one padded batch: a few large GEMMs instead of many small ones
-                loss, ntok = frozen_context_loss_batch(self.model, items)
+                loss, ntok = frozen_context_loss_batch(self.model, items, times=prof)
                 losses.append(loss)
             else:
                 for ctx, dec in items:
@@ -382,16 +402,21 @@ class Trainer:
                     losses.append(loss)
                     ntok += n
                 loss = torch.stack(losses).mean()
+                prof["forward"] = prof.get("forward", 0.0) + time.time() - t0
         self.stats["activation_bytes"] = saved.bytes
         self.stats["activation_bytes_peak"] = max(self.stats.get("activation_bytes_peak", 0), saved.bytes)
         lv = float(loss.detach())
         self.opt.begin()
         skipped = not math.isfinite(lv)
         if not skipped:
+            tb, opt_before = time.perf_counter(), sum(self.opt.times.values())
             try:
                 loss.backward()  # fused: each parameter steps (under the lock) as its gradient completes
             finally:
                 self.opt.end()
+            # autograd's own share: the optimizer's hooks run inside backward and are counted apart
+            prof["backward"] = (prof.get("backward", 0.0) + time.perf_counter() - tb
+                                - (sum(self.opt.times.values()) - opt_before))
             skipped = self.opt.poisoned
         else:
             del loss, losses
@@ -606,7 +631,9 @@ class Trainer:
     def _yield(self, dt: float) -> None:
         pause = self.pause_after(dt)
         if pause > 0:
+            t0 = time.monotonic()
             self.stop_ev.wait(pause)
+            self.profile["duty_sleep"] = self.profile.get("duty_sleep", 0.0) + time.monotonic() - t0
 
     def pause_after(self, dt: float) -> float:
         """Seconds to leave the CPU to serving after a step of ``dt`` s: the fixed ``yield_ms``, and
@@ -638,6 +665,7 @@ class Trainer:
         st["adamw_state_bytes"] = 2 * 4 * st["trainable_params"]
         st["optimizer_skipped_params"] = self.opt.skipped
         st["undo_bytes_peak"] = self.opt.undo_bytes_peak  # atomic steps: transient copy during backward
+        st["profile_s"] = {k: round(v, 3) for k, v in {**self.profile, **self.opt.times}.items()}
         if self.guard is not None:
             st["guard"] = self.guard.status()
         st["largest_grad_bytes"] = max((p.numel() * p.element_size() for p in self.params), default=0)  # fused: one at a time
