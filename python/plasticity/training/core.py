@@ -45,7 +45,7 @@ def frozen_context_loss(model, context: list[int], decision: list[int], device="
     past = None
     if len(context) > 1:
         with torch.no_grad():
-            out = model(input_ids=torch.tensor([context[:-1]], device=device), use_cache=True)
+            out = _decoder(model)(input_ids=torch.tensor([context[:-1]], device=device), use_cache=True)
             past = out.past_key_values
     if past is not None:
         _no_inplace_state_updates(past)
@@ -61,6 +61,12 @@ def batchable(model) -> bool:
     cfg = getattr(model, "config", None)
     types = getattr(cfg, "layer_types", None) or ()
     return not any("linear" in str(t) for t in types)
+
+
+def _decoder(model):
+    """The model without its LM head (transformers' ``base_model``), or the model itself."""
+    base = getattr(model, "base_model", None)
+    return base if base is not None and base is not model else model
 
 
 def frozen_context_loss_batch(model, items: list[tuple[list[int], list[int]]], device="cpu",
@@ -89,8 +95,9 @@ def frozen_context_loss_batch(model, items: list[tuple[list[int], list[int]]], d
                 mask_c[i, Lc - pre[i]:] = 1
         pos = (mask_c.cumsum(-1) - 1).clamp(min=0)
         with torch.no_grad():
-            past = model(input_ids=ids.to(device), attention_mask=mask_c.to(device), position_ids=pos.to(device),
-                         use_cache=True).past_key_values
+            # the decoder alone: the prefix's logits are never used (the lm_head is ~20% of a small model)
+            past = _decoder(model)(input_ids=ids.to(device), attention_mask=mask_c.to(device),
+                                   position_ids=pos.to(device), use_cache=True).past_key_values
     t1 = time.perf_counter()
     sids = torch.zeros(B, Ls, dtype=torch.long)
     mask_s = torch.zeros(B, Ls, dtype=torch.long)
