@@ -180,3 +180,26 @@ def test_a_normal_held_out_text_still_loads(tmp_path):
     tr, _ = _trainer(tmp_path, heldout=str(heldout_path()))
     tr.load_heldout(max_tokens=1024)
     assert tr.heldout_ids.shape[1] == 128
+
+
+@pytest.mark.parametrize("value", [0, 127, -1, 1 << 40, True, "4096", 4096.5])
+def test_absurd_heldout_tokens_are_refused_in_the_config(value):
+    from plasticity.training import config as tc
+
+    with pytest.raises(ValueError, match="heldout_tokens"):
+        tc.from_dict({"enabled": True, "heldout_tokens": value})
+
+
+@pytest.mark.parametrize("value", ["false", 0, 1, None])
+def test_atomic_steps_must_be_a_real_boolean(value):
+    """`atomic_steps = "false"` must not silently read as true (nor 0 as false)."""
+    from plasticity.training import config as tc
+
+    with pytest.raises(ValueError, match="atomic_steps"):
+        tc.from_dict({"enabled": True, "atomic_steps": value})
+
+
+def test_heldout_tokens_bounds_the_evaluation(tmp_path):
+    tr, _ = _trainer(tmp_path, heldout=str(heldout_path()), heldout_tokens=512)
+    tr.load_heldout()
+    assert tuple(tr.heldout_ids.shape) == (4, 128)

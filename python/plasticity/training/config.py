@@ -26,6 +26,7 @@ journal = "training-journal.jsonl"   # accepted examples (fsync'd before the 202
 checkpoint_dir = ""        # "" = no checkpoints
 checkpoint_every = 0       # steps between checkpoints (0 = never)
 heldout = ""               # text file (.jsonl/.txt) for the held-out perplexity in the status
+heldout_tokens = 8192      # evaluate on its first N tokens (windows of 128); the cost grows with N
 eval_every = 0             # steps between held-out evaluations (0 = only on request/at start)
 threads = 1                # torch/Apollo threads of the training thread
 yield_ms = 0.0             # sleep after each step (leaves CPU to serving)
@@ -56,7 +57,7 @@ _DEFAULTS = dict(
     norm_growth_limit=1.01, betas=(0.9, 0.999), weight_decay=0.0, stochastic_rounding=True, atomic_steps=True,
     modules=("all-linear",),
     replay_ratio=0.25, replay_source=None, batch_size=4, max_steps=0, max_example_tokens=2048,
-    max_decision_tokens=512, journal=None, checkpoint_dir=None, checkpoint_every=0, heldout=None,
+    max_decision_tokens=512, journal=None, checkpoint_dir=None, checkpoint_every=0, heldout=None, heldout_tokens=8192,
     eval_every=0, threads=1, yield_ms=0.0, serving_duty=0.25, serving_idle_ms=500.0, queue_capacity=10000, seed=0,
     snapshot_dir=None, guard_every=0, guard_threshold=0.05, max_edit_norm_growth=2.0,
 )
@@ -89,6 +90,7 @@ class TrainingConfig:
     checkpoint_dir: Path | None = None
     checkpoint_every: int = 0
     heldout: Path | None = None
+    heldout_tokens: int = 8192
     eval_every: int = 0
     threads: int = 1
     yield_ms: float = 0.0
@@ -126,6 +128,11 @@ def from_dict(sec: dict, base: Path | None = None, source: Path | None = None) -
         v["journal"] = ((base or Path.cwd()) / "training-journal.jsonl").resolve()
     mods = v["modules"]
     v["modules"] = (mods,) if isinstance(mods, str) else tuple(str(m) for m in mods)
+    for k in ("atomic_steps",):  # a string "false" must not read as true
+        if not isinstance(v[k], bool):
+            raise ValueError(f"{where}: training.{k} must be true or false, got {v[k]!r}")
+    if isinstance(v["heldout_tokens"], bool) or not isinstance(v["heldout_tokens"], int):
+        raise ValueError(f"{where}: training.heldout_tokens must be an integer, got {v['heldout_tokens']!r}")
     cfg = TrainingConfig(
         enabled=bool(v["enabled"]), lr=float(v["lr"]), rank=int(v["rank"]), scale_type=str(v["scale_type"]),
         alpha=None if v["alpha"] is None else float(v["alpha"]), update_proj_gap=int(v["update_proj_gap"]),
@@ -137,6 +144,7 @@ def from_dict(sec: dict, base: Path | None = None, source: Path | None = None) -
         max_steps=int(v["max_steps"]), max_example_tokens=int(v["max_example_tokens"]),
         max_decision_tokens=int(v["max_decision_tokens"]), journal=v["journal"], checkpoint_dir=v["checkpoint_dir"],
         checkpoint_every=int(v["checkpoint_every"]), heldout=v["heldout"], eval_every=int(v["eval_every"]),
+        heldout_tokens=int(v["heldout_tokens"]),
         threads=int(v["threads"]), yield_ms=float(v["yield_ms"]), serving_duty=float(v["serving_duty"]),
         serving_idle_ms=float(v["serving_idle_ms"]), queue_capacity=int(v["queue_capacity"]),
         seed=int(v["seed"]), source=source,
@@ -158,6 +166,8 @@ def _check(c: TrainingConfig, where) -> None:
         bad("max_edit_norm_growth must be a finite number ≥ 1")
     if c.rank < 1:
         bad("rank must be ≥ 1")
+    if not 128 <= c.heldout_tokens <= 1 << 20:
+        bad("heldout_tokens must be in [128, 1048576] (at least one window of 128 tokens)")
     if c.scale_type not in ("channel", "tensor"):
         bad("scale_type must be 'channel' or 'tensor'")
     if len(c.betas) != 2 or not all(0 <= b < 1 for b in c.betas):

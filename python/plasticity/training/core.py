@@ -325,9 +325,10 @@ class Trainer:
             self.replay.append(ids[i: i + 128])
         log.info("plasticity: %d replay chunks from %s", len(self.replay), self.cfg.replay_source)
 
-    def load_heldout(self, seq=128, max_tokens=8192) -> None:
+    def load_heldout(self, seq=128, max_tokens: int | None = None) -> None:
         if not self.cfg.heldout or self.tokenizer is None:
             return
+        max_tokens = max_tokens or self.cfg.heldout_tokens
         ids = self.tokenizer("\n\n".join(read_texts(self.cfg.heldout)))["input_ids"][:max_tokens]
         n = (len(ids) // seq) * seq
         if n == 0:
@@ -352,7 +353,7 @@ class Trainer:
     # ---- evaluation ----
     @torch.no_grad()
     def heldout_ppl(self) -> float | None:
-        """Perplexity on the held-out windows (at most ``load_heldout``'s max_tokens, 8192 by default).
+        """Perplexity on the held-out windows (the first ``heldout_tokens`` tokens, 8192 by default).
 
         Windows go through the model EVAL_ROWS at a time (one batched forward each, not one per
         window), and on the training thread each chunk is followed by the same duty-cycle pause as

@@ -383,7 +383,10 @@ class Guard:
     def check(self, trainer) -> dict | None:
         if not self.every or trainer.stats["step"] % self.every:
             return None
-        ppl = trainer.heldout_ppl()
+        if trainer.stats.get("heldout_step") == trainer.stats["step"] and trainer.stats.get("heldout_ppl") is not None:
+            ppl = trainer.stats["heldout_ppl"]  # eval_every just measured these very weights: not twice
+        else:
+            ppl = trainer.heldout_ppl()
         if ppl is None:
             return None
         trainer.stats["heldout_ppl"], trainer.stats["heldout_step"] = ppl, trainer.stats["step"]
