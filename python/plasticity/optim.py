@@ -95,6 +95,7 @@ class Apollo(torch.optim.Optimizer):
         super().__init__(params, defaults)
         for group in self.param_groups:
             _check_group(group)
+        self._cache_projection = cache_projection
         self._workspace = _rs.Workspace(threads or torch.get_num_threads(), cache_projection)
         self.fused = fused
         self.skipped = 0  # parameter steps skipped for a non-finite gradient
@@ -124,6 +125,11 @@ class Apollo(torch.optim.Optimizer):
             for t in st.values()
             if isinstance(t, torch.Tensor)
         )
+
+    def restart_workers(self, threads: int) -> None:
+        """Start a fresh pool of ``threads`` step threads from the calling thread (they inherit its
+        CPU affinity; the old pool's threads end). Scratch and projection caches start empty."""
+        self._workspace = _rs.Workspace(int(threads), self._cache_projection)
 
     @property
     def workspace_bytes(self) -> int:

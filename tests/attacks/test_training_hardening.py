@@ -203,3 +203,11 @@ def test_heldout_tokens_bounds_the_evaluation(tmp_path):
     tr, _ = _trainer(tmp_path, heldout=str(heldout_path()), heldout_tokens=512)
     tr.load_heldout()
     assert tuple(tr.heldout_ids.shape) == (4, 128)
+
+
+@pytest.mark.parametrize("value", ["", "any", "0-", "1,,2", " 1", "0-99999999", 3, None, "auto; rm"])
+def test_bad_training_cpus_are_refused_in_the_config(value):
+    from plasticity.training import config as tc
+
+    with pytest.raises(ValueError, match="cpus"):
+        tc.from_dict({"enabled": True, "cpus": value})

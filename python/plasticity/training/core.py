@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from plasticity.optim import Apollo
+from plasticity.training import cpus
 
 log = logging.getLogger("vllm.plasticity.training")
 
@@ -600,7 +601,14 @@ class Trainer:
         self.thread.start()
 
     def _run(self) -> None:
-        torch.set_num_threads(self.cfg.threads)
+        # Own CPUs first (see cpus.py), then every thread this one starts inherits them.
+        serving, mine = cpus.pin_this_thread(self.cfg.cpus)
+        threads = max(1, min(self.cfg.threads, len(mine)))
+        torch.set_num_threads(threads)
+        self.opt.restart_workers(threads)
+        self.stats["cpus"], self.stats["serving_cpus"] = sorted(mine), sorted(serving)
+        log.info("plasticity: training thread on CPUs %s with %d threads (serving pinned to %s)",
+                 sorted(mine), threads, sorted(serving))
         try:
             self._eval()
         except Exception as e:  # noqa: BLE001

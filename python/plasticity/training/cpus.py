@@ -1,0 +1,80 @@
+"""Which CPUs the training thread runs on (``[training] cpus``).
+
+vLLM's CPU worker pins itself, and so every thread it starts, to the cores it serves on (on a
+2-core machine: core 0, while core 1 holds the API server and the engine core, mostly waiting).
+A training thread started inside the worker inherits that mask, so it and its torch/Apollo
+threads fight the serving forward for one core while another sits idle: on SmolLM2-135M the
+training thread ran 4-5x slower in the server than the same code offline. The training thread
+therefore sets its own affinity before it starts any worker threads:
+
+- ``"auto"`` (default): the machine's CPUs that serving is not pinned to, or all of them if
+  serving holds every one;
+- ``"all"``: every CPU of the machine; ``"inherit"``: keep vLLM's mask (the old behaviour);
+- a list such as ``"1"`` or ``"2-7,10"``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+_LIST = re.compile(r"[0-9]+(?:-[0-9]+)?(?:,[0-9]+(?:-[0-9]+)?)*", re.ASCII)
+MAX_CPU = 1 << 16
+
+
+def parse_list(text: str) -> set[int]:
+    """``"0,2-3"`` → {0, 2, 3}; ValueError on anything else."""
+    if not isinstance(text, str) or len(text) > 4096 or not _LIST.fullmatch(text):
+        raise ValueError(f"not a CPU list like '1' or '2-7,10': {text[:40]!r}" if isinstance(text, str)
+                         else f"not a CPU list: {text!r}")
+    out: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        a, b = int(lo), int(hi or lo)
+        if a > b or b >= MAX_CPU:
+            raise ValueError(f"bad CPU range {part!r}")
+        out.update(range(a, b + 1))
+    return out
+
+
+def check_spec(spec) -> str:
+    if spec in ("auto", "all", "inherit"):
+        return spec
+    parse_list(spec)
+    return spec
+
+
+def machine_cpus() -> set[int]:
+    """The CPUs this container may use (cgroup cpuset), else all the kernel reports."""
+    for path in ("/sys/fs/cgroup/cpuset.cpus.effective", "/sys/fs/cgroup/cpuset/cpuset.effective_cpus"):
+        try:
+            text = open(path).read().strip()
+            if text:
+                return parse_list(text)
+        except (OSError, ValueError):
+            pass
+    return set(range(os.cpu_count() or 1))
+
+
+def choose(spec: str, serving: set[int], machine: set[int]) -> set[int] | None:
+    """The CPUs for the training thread, or None to keep the inherited mask."""
+    if spec == "inherit":
+        return None
+    if spec == "all":
+        return set(machine)
+    if spec == "auto":
+        return (machine - serving) or set(machine)
+    want = parse_list(spec)
+    return want & machine or None
+
+
+def pin_this_thread(spec: str) -> tuple[set[int], set[int]]:
+    """Apply ``spec`` to the calling thread; returns (serving mask seen, mask now)."""
+    serving = os.sched_getaffinity(0)
+    target = choose(spec, serving, machine_cpus())
+    if target and target != serving:
+        try:
+            os.sched_setaffinity(0, target)  # 0 = the calling thread only
+        except OSError:
+            pass  # a cpuset we cannot enter: keep what we have
+    return serving, os.sched_getaffinity(0)
