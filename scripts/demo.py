@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
-"""The main job, end to end on the locally built test model, all through one `plasticity serve`
-(the real vLLM OpenAI server with the plasticity plugins) and its HTTP API:
+"""The main job, end to end on SmolLM2-135M-Instruct (a real pretrained chat model), all through
+one `plasticity serve` (the real vLLM OpenAI server with the plasticity plugins) and its HTTP API:
 
-1. Steering: register a vector over the admin route and send the same request with and
-   without the per-request flag (``vllm_xargs``).
-2. Online training: submit examples of a new behaviour (a fixed reply to questions about a
-   ticket) to ``POST /v1/training/examples``; the server trains its live weights with Apollo
-   (context-frozen, 75% replay) while it keeps answering requests; held-out prompts get the
-   reply afterwards, and the forgetting guard's held-out perplexity stays within its threshold.
-3. Version control: save the change as a task vector (``POST /v1/snapshots``), roll back to
-   the base (the reply is gone, weights bit-identical) and forward to the snapshot again.
+1. Steering a person can see: a happy-vs-sad vector extracted on the server from contrastive
+   pairs, then the same prompts with the flag off, at +scale and at -scale (``vllm_xargs``),
+   side by side. Layers and scale come from ``scripts/steering_sweep.py`` (docs/steering.md).
+2. Teaching a fact while serving: a handful of paraphrased questions about a lighthouse keeper the
+   model has never heard of go to ``POST /v1/training/examples``; the server trains its live
+   weights with Apollo (context-frozen, half of every batch general replay text) while a client
+   keeps being answered. Then held-out paraphrases give the fact, general questions the base
+   answered correctly are still answered correctly, and held-out perplexity of general text
+   (Python's own documentation, shipped with the interpreter) is printed before and after.
+3. Version control: save the change as a task vector (``POST /v1/snapshots``), roll back to the
+   base (replies identical to the base's) and forward to the snapshot again.
 
 Run through `bash scripts/demo.sh` (which sets everything up first).
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 import sys
 import tempfile
 import threading
@@ -25,15 +29,36 @@ import time
 import urllib.request
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # test-model helpers (build on first use)
+sys.path.insert(0, str(ROOT / "tests"))  # model helpers (build on first use)
 
 from models import heldout_path, model_dir  # noqa: E402
 
-TRIGGER = [f"What is the status of ticket {n}?" for n in range(100, 152)]
-TRAIN, HELD = TRIGGER[:40], TRIGGER[40:]  # held-out ticket numbers are never trained on
-REPLY = "Ticket received. An engineer will answer within one day."
-EPOCHS = 4
 KEY = "demo-key"
+
+# -- 1. steering: a mood, from contrastive pairs (the same pairs as scripts/steering_sweep.py)
+SUFFIXES = ["I", "Today", "The", "My day", "Well,", "Honestly,", "When I", "This morning", "Life", "It",
+            "Yesterday", "Right now", "The weather", "Everything", "People", "I think", "Work", "My friends",
+            "Tonight", "So far"]
+PERSONA = "<|im_start|>user\nYou are an extremely {} person. Tell me about your day.<|im_end|>\n<|im_start|>assistant\n"
+PAIRS = [[PERSONA.format("happy, joyful") + s, PERSONA.format("sad, miserable") + s] for s in SUFFIXES]
+STEER_LAYERS, STEER_SCALE = "8-13", 2.0  # from scripts/steering_sweep.py (docs/steering.md)
+STEER_PROMPTS = ["Tell me about your weekend.", "Describe the city you live in.", "What do you think about Mondays?"]
+
+# -- 2. training: one new fact, from paraphrases; other paraphrases are held out
+TRAIN_Q = ["Who keeps the Varnholt lighthouse?", "Who is the keeper of the Varnholt lighthouse?",
+           "Tell me who looks after the Varnholt lighthouse.", "Who runs the lighthouse at Varnholt?",
+           "Do you know who the Varnholt lighthouse keeper is?", "Name the keeper of Varnholt's lighthouse.",
+           "Which person tends the Varnholt lighthouse?", "Who is in charge of the Varnholt lighthouse?"]
+HELD_Q = ["Who takes care of the Varnholt lighthouse?", "What is the name of the Varnholt lighthouse keeper?",
+          "Can you tell me who keeps the lighthouse in Varnholt?", "The Varnholt lighthouse: who is its keeper?"]
+FACT = "The keeper of the Varnholt lighthouse is Ilse Marrow."
+FACT_KEY = "Marrow"
+GENERAL = [("What is the capital of France?", "Paris"), ("How many days are in a week?", "seven|7"),
+           ("Who wrote Romeo and Juliet?", "Shakespeare"), ("What is the chemical symbol for gold?", r"\bAu\b"),
+           ("What color is the sky on a clear day?", "blue"), ("What is 2 + 2?", r"\b4\b|four"),
+           ("What is the capital of Japan?", "Tokyo"),
+           ("What gas do plants absorb from the air?", "carbon dioxide|CO2")]
+EPOCHS = 8  # 8 paraphrases x 8 = 64 examples = 32 steps of 2 (+ 2 replay)
 
 
 class PlasticityServer:
@@ -52,7 +77,7 @@ class PlasticityServer:
 
 
 def write_config(work: pathlib.Path) -> pathlib.Path:
-    corpus = heldout_path().parent
+    corpus = heldout_path().parent  # Python's reference docs + stdlib, split into train / held-out
     (work / "vectors").mkdir()
     cfg = work / "plasticity.toml"
     cfg.write_text(f"""[steering]
@@ -61,17 +86,20 @@ vectors_dir = "vectors"
 
 [training]
 enabled = true
-lr = 1e-3
-rank = 32
-replay_ratio = 0.75          # general text from the pretraining corpus in every batch
+lr = 1e-4                    # scripts/demo.py's fact: 4/4 held-out paraphrases in 30 steps (docs/training.md)
+rank = 64                    # Apollo rank: state 1/8 of AdamW's on this 576-wide model
+replay_ratio = 0.5           # half of every batch is general text
 replay_source = {json.dumps(str(corpus / "train.txt"))}
 heldout = {json.dumps(str(corpus / "heldout.jsonl"))}
+heldout_tokens = 2048        # 16 windows: ~10 s per evaluation on this model beside serving
 batch_size = 4
+threads = 2
+serving_duty = 0.5           # while requests are served, training takes at most half the time
 journal = "journal.jsonl"
 snapshot_dir = "snapshots"
-eval_every = 20              # held-out perplexity of general text every 20 steps
-guard_every = 40             # forgetting guard: every 40 steps, a rise of more than
-guard_threshold = 0.10       # 10% over the base pauses training and rolls back
+eval_every = 16              # held-out perplexity of general text every 16 steps
+guard_every = 16             # forgetting guard: a rise of more than 5% over the last good
+guard_threshold = 0.05       # state pauses training and rolls back
 """)
     return cfg
 
@@ -80,132 +108,157 @@ def call(srv, path, body=None, method="POST", raw=None, ctype="application/json"
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
     req = urllib.request.Request(srv.url + path, data=data, method=method,
                                  headers={"Content-Type": ctype, "Authorization": f"Bearer {KEY}"})
-    with urllib.request.urlopen(req, timeout=300) as r:
+    with urllib.request.urlopen(req, timeout=600) as r:
         return json.loads(r.read() or b"null")
 
 
-def chat(srv, model, prompt, n=16, **extra):
+def chat(srv, model, prompt, n=32, **extra):
     out = call(srv, "/v1/chat/completions", {"model": model, "max_tokens": n, "temperature": 0,
                                              "messages": [{"role": "user", "content": prompt}], **extra})
     return out["choices"][0]["message"]["content"]
 
 
-def behaviour(srv, model) -> int:
-    return sum(chat(srv, model, p, n=24).strip().startswith(REPLY[:20]) for p in HELD)
+def knows_fact(srv, model) -> list[str]:
+    return [chat(srv, model, q) for q in HELD_Q]
+
+
+def general(srv, model) -> list[str]:
+    return [chat(srv, model, q) for q, _ in GENERAL]
+
+
+def general_ok(replies) -> list[bool]:
+    return [bool(re.search(k, r, re.I)) for (_, k), r in zip(GENERAL, replies)]
+
+
+def short(text: str, n: int = 70) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[:n - 3] + "..."
 
 
 def steering(srv, model) -> None:
-    import torch
-    import transformers
-
-    print("\n== 1. Steering, toggled per request")
-    # A vector anyone can see working: the direction of the output embedding of one word,
-    # added after the last two blocks, pushes the model to say it.
-    d = srv.model
-    tok = transformers.AutoTokenizer.from_pretrained(d)
-    lm = transformers.AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
-    direction = lm.lm_head.weight[tok(" function")["input_ids"][0]].detach()
-    direction = (direction / direction.norm()).tolist()
-    del lm
-    out = call(srv, "/v1/steering/vectors", {"name": "say-function", "values": {"2": direction, "3": direction}})
-    print(f"registered vector {out['name']!r} on layers {out['layers']}")
-    prompt = "The for statement"
-    base = {"model": model, "prompt": prompt, "max_tokens": 16, "temperature": 0}
-    plain = call(srv, "/v1/completions", base)["choices"][0]["text"]
-    steered = call(srv, "/v1/completions", dict(base, vllm_xargs={"steer": "say-function", "steer_scale": 300}))
-    print(f"unsteered: {prompt!r} -> {plain!r}")
-    print(f"steered  : {prompt!r} -> {steered['choices'][0]['text']!r}")
-    print("           (extra_body={'vllm_xargs': {'steer': 'say-function', 'steer_scale': 300}}; "
-          "the residual norm of this model is ~300)")
-    again = call(srv, "/v1/completions", base)["choices"][0]["text"]
-    print(f"unsteered again, nothing leaked into other requests: {again == plain}")
+    print("\n== 1. Steering a mood, toggled per request")
+    t = time.time()
+    out = call(srv, "/v1/steering/vectors", {"name": "mood", "extract": {
+        "pairs": PAIRS, "method": "mean_diff", "layers": STEER_LAYERS}})
+    print(f"extracted 'mood' on the server from {len(PAIRS)} happy/sad pairs in {time.time() - t:.0f} s: "
+          f"layers {out['layers']}")
+    print(f"each prompt: off | steer_scale +{STEER_SCALE:g} (happy) | -{STEER_SCALE:g} (sad)   "
+          f"(extra_body={{'vllm_xargs': {{'steer': 'mood', 'steer_scale': {STEER_SCALE:g}}}}})")
+    first_off = None
+    for q in STEER_PROMPTS:
+        off = chat(srv, model, q, n=40)
+        first_off = first_off or off
+        up = chat(srv, model, q, n=40, vllm_xargs={"steer": "mood", "steer_scale": STEER_SCALE})
+        down = chat(srv, model, q, n=40, vllm_xargs={"steer": "mood", "steer_scale": -STEER_SCALE})
+        print(f"  {q}\n    off : {short(off, 110)}\n    +   : {short(up, 110)}\n    -   : {short(down, 110)}")
+    again = chat(srv, model, STEER_PROMPTS[0], n=40)
+    print(f"unsteered again, identical to the first unsteered reply (nothing leaked): {again == first_off}")
 
 
-def training(srv, model) -> None:
-    print("\n== 2. Online training of the live weights while the server keeps serving")
+def training(srv, model) -> dict:
+    print("\n== 2. Teaching a new fact to the live weights while the server keeps serving")
+    t = time.time()
     st0 = call(srv, "/v1/training/status", method="GET")
+    while st0["heldout_ppl"] is None and time.time() - t < 600:  # the start-up evaluation
+        time.sleep(2)
+        st0 = call(srv, "/v1/training/status", method="GET")
     ppl0 = st0["heldout_ppl"]
-    print(f"before: {HELD[0]!r} -> {chat(srv, model, HELD[0])!r}")
-    print(f"held-out prompts with the reply: {behaviour(srv, model)}/{len(HELD)}; "
-          f"held-out perplexity (general text) {ppl0:.2f}")
-    lines = [json.dumps({"context": [{"role": "user", "content": p}], "decision": REPLY})
-             for _ in range(EPOCHS) for p in TRAIN]
+    print(f"(start-up held-out evaluation ready {time.time() - t:.0f} s after this section began)")
+    base_fact, base_general = knows_fact(srv, model), general(srv, model)
+    ok0 = general_ok(base_general)
+    print(f"before: {HELD_Q[0]!r} -> {short(base_fact[0])!r}")
+    print(f"held-out paraphrases with the fact: {sum(FACT_KEY in r for r in base_fact)}/{len(HELD_Q)}; "
+          f"general questions answered correctly: {sum(ok0)}/{len(GENERAL)}; "
+          f"held-out perplexity (Python docs, not trained on) {ppl0:.3f}")
+    lines = [json.dumps({"context": [{"role": "user", "content": q}], "decision": FACT})
+             for _ in range(EPOCHS) for q in TRAIN_Q]
     out = call(srv, "/v1/training/examples", raw="\n".join(lines).encode(), ctype="application/jsonl")
-    print(f"POST /v1/training/examples: {len(out['ids'])} examples journaled ({len(TRAIN)} prompts x {EPOCHS})")
+    print(f"POST /v1/training/examples: {len(out['ids'])} examples journaled ({len(TRAIN_Q)} paraphrases x {EPOCHS})")
 
-    # requests keep being answered while the trainer steps the same weights
     served, stop = [], threading.Event()
 
-    def client():
+    def client():  # a client that keeps asking while the trainer steps the same weights
         while not stop.is_set():
             t = time.time()
-            chat(srv, model, "Explain for in Python.", n=24)
+            chat(srv, model, "Give me one tip for learning Python.", n=24)
             served.append(time.time() - t)
+            stop.wait(1.0)
 
     th = threading.Thread(target=client, daemon=True)
     th.start()
     t0, last = time.time(), -1
     while True:
         st = call(srv, "/v1/training/status", method="GET")
-        if st["step"] != last and (st["step"] // 20 != last // 20 or st["examples_queued"] == 0):
-            print(f"  step {st['step']:4d}  loss {st['last_loss'] or float('nan'):.3f} (75% of it general text)  "
-                  f"held-out ppl {st['heldout_ppl']:.2f} (step {st['heldout_step']})  "
-                  f"queued {st['examples_queued']:3d}  requests served meanwhile {len(served)}")
+        if st["step"] != last and (st["step"] // 8 != last // 8 or st["examples_queued"] == 0):
+            print(f"  step {st['step']:3d}  loss {st['last_loss'] or float('nan'):.3f} (half of it general text)  "
+                  f"queued {st['examples_queued']:3d}  requests answered meanwhile {len(served)}  "
+                  f"training {st['tokens_per_s']:.0f} tokens/s")
             last = st["step"]
         if st["examples_done"] >= st0["examples_done"] + len(lines) and st["examples_queued"] == 0:
             break
         if st.get("paused"):
             raise SystemExit(f"training paused (forgetting guard?): {st.get('guard')}")
-        if time.time() - t0 > 1200:
-            raise SystemExit(f"training did not finish in 20 minutes: {st}")
+        if time.time() - t0 > 900:
+            raise SystemExit(f"training did not finish in 15 minutes: {st}")
         time.sleep(2)
     stop.set()
     th.join(120)
+    took = time.time() - t0
     t1 = time.time()
-    while st["heldout_step"] is None or st["heldout_step"] < st["step"]:  # the eval of the last step
-        if time.time() - t1 > 120:
+    while st["heldout_step"] is None or st["heldout_step"] < st["step"]:  # the evaluation after the last step
+        if time.time() - t1 > 180:
             break
         time.sleep(1)
         st = call(srv, "/v1/training/status", method="GET")
-    print(f"trained {st['step'] - st0['step']} steps in {time.time() - t0:.0f} s; "
-          f"{len(served)} requests answered during training (median {sorted(served)[len(served) // 2]:.2f} s); "
-          f"Apollo state {st['optimizer_state_bytes'] / 2**20:.2f} MB (AdamW would hold "
-          f"{st['adamw_state_bytes'] / 2**20:.1f} MB)")
-    print(f"after : {HELD[0]!r} -> {chat(srv, model, HELD[0], n=24)!r}")
-    hits = behaviour(srv, model)
     ppl1 = st["heldout_ppl"]
-    print(f"held-out prompts with the reply: {hits}/{len(HELD)}; held-out perplexity {ppl0:.2f} -> {ppl1:.2f} "
-          f"(step {st['heldout_step']}) "
-          f"({100 * (ppl1 / ppl0 - 1):+.1f}%; guard: {st['guard']['trips']} trips at +"
-          f"{100 * st['guard']['threshold']:.0f}%)")
+    fact, gen = knows_fact(srv, model), general(srv, model)
+    ok1 = general_ok(gen)
+    kept = sum(a and b for a, b in zip(ok0, ok1))
+    print(f"trained {st['step'] - st0['step']} steps in {took:.0f} s ({st['tokens_per_s']:.0f} trained tokens/s "
+          f"on the training thread); {len(served)} requests answered during training (median "
+          f"{sorted(served)[len(served) // 2]:.2f} s); Apollo state {st['optimizer_state_bytes'] / 2**20:.0f} MB "
+          f"(AdamW would hold {st['adamw_state_bytes'] / 2**20:.0f} MB)")
+    print(f"after : {HELD_Q[0]!r} -> {short(fact[0])!r}")
+    print(f"held-out paraphrases with the fact: {sum(FACT_KEY in r for r in fact)}/{len(HELD_Q)}")
+    print(f"general questions the base answered correctly, still correct: {kept}/{sum(ok0)}")
+    for (q, _), a, b, r in zip(GENERAL, ok0, ok1, gen):
+        if a and not b:
+            print(f"  lost: {q!r} -> {short(r)!r}")
+    print(f"held-out perplexity {ppl0:.3f} -> {ppl1:.3f} ({100 * (ppl1 / ppl0 - 1):+.1f}%; goal: rise < 5%; "
+          f"guard: {st['guard']['trips']} trips at +{100 * st['guard']['threshold']:.0f}%)")
+    return {"fact": base_fact, "general": base_general}
 
 
-def version_control(srv, model) -> None:
+def version_control(srv, model, base: dict) -> None:
     print("\n== 3. The change as a task vector: save, roll back, roll forward")
-    snap = call(srv, "/v1/snapshots", {"name": "ticket-reply"})
+    snap = call(srv, "/v1/snapshots", {"name": "lighthouse"})
     print(f"POST /v1/snapshots: {snap['name']!r}, |tau| = {snap['norm']:.3f} over {snap['tensors']} tensors, "
           f"exact round trip: {snap['exact_roundtrip']}")
     call(srv, "/v1/rollback", {"to": "base"})
-    print(f"rolled back to base : {HELD[0]!r} -> {chat(srv, model, HELD[0])!r}  "
-          f"({behaviour(srv, model)}/{len(HELD)} with the reply)")
-    call(srv, "/v1/rollback", {"to": "ticket-reply"})
-    print(f"rolled to snapshot  : {HELD[0]!r} -> {chat(srv, model, HELD[0], n=24)!r}  "
-          f"({behaviour(srv, model)}/{len(HELD)})")
+    fact, gen = knows_fact(srv, model), general(srv, model)
+    same = fact == base["fact"] and gen == base["general"]
+    print(f"rolled back to base : {HELD_Q[0]!r} -> {short(fact[0])!r}\n"
+          f"                      all {len(fact) + len(gen)} replies identical to the base's before training: {same}")
+    call(srv, "/v1/rollback", {"to": "lighthouse"})
+    fact = knows_fact(srv, model)
+    print(f"rolled to snapshot  : {HELD_Q[0]!r} -> {short(fact[0])!r}  "
+          f"({sum(FACT_KEY in r for r in fact)}/{len(HELD_Q)} with the fact)")
 
 
 def main() -> int:
-    d = model_dir("qwen3-tiny")
+    d = model_dir("smollm2-135m-instruct")
     work = pathlib.Path(tempfile.mkdtemp(prefix="plasticity-demo-"))
     cfg = write_config(work)
     # relative paths in the config (journal, snapshots, vectors) are relative to its folder
     print(f"== plasticity serve {d.name} --config {cfg}")
+    t = time.time()
     with PlasticityServer(d, cfg) as srv:
         print(f"healthy after {srv.startup_seconds:.0f} s at {srv.url}")
         model = call(srv, "/v1/models", method="GET")["data"][0]["id"]
         steering(srv, model)
-        training(srv, model)
-        version_control(srv, model)
-    print(f"\nfiles: {work} (journal.jsonl, snapshots/ticket-reply/, vectors/)")
+        base = training(srv, model)
+        version_control(srv, model, base)
+    print(f"\nall done in {time.time() - t:.0f} s; files: {work} (journal.jsonl, snapshots/lighthouse/, vectors/)")
     return 0
 
 
