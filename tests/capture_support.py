@@ -32,13 +32,15 @@ def fake_vllm(answer="Ticket received.", *, status=200, stream=False, kind="chat
     return app
 
 
-def call(mw, path, body, headers=()):
-    """One request through the middleware; returns (status, response bytes)."""
-    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    parts = [raw[: len(raw) // 2], raw[len(raw) // 2:]]  # two chunks, as a client may send
-    got = {"status": None, "body": b""}
+def asgi_post(mw, path, raw: bytes, headers=None, chunks: int = 2) -> dict:
+    """POST ``raw`` through an ASGI app in ``chunks`` pieces, as a client may send it; returns
+    {"status", "body", "reads"}. ``headers`` default: a correct Content-Length."""
+    step = max(1, len(raw) // chunks)
+    parts = [raw[i:i + step] for i in range(0, len(raw), step)] or [b""]
+    got = {"status": None, "body": b"", "reads": 0}
 
     async def receive():
+        got["reads"] += 1
         if parts:
             b = parts.pop(0)
             return {"type": "http.request", "body": b, "more_body": bool(parts)}
@@ -50,8 +52,16 @@ def call(mw, path, body, headers=()):
         else:
             got["body"] += msg.get("body", b"")
 
-    scope = {"type": "http", "method": "POST", "path": path, "root_path": "", "headers": list(headers)}
+    hdrs = list(headers) if headers is not None else [(b"content-length", str(len(raw)).encode())]
+    scope = {"type": "http", "method": "POST", "path": path, "root_path": "", "headers": hdrs}
     asyncio.run(mw(scope, receive, send))
+    return got
+
+
+def call(mw, path, body, headers=()):
+    """One request through the middleware; returns (status, response bytes)."""
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    got = asgi_post(mw, path, raw, headers, chunks=2)
     return got["status"], got["body"]
 
 

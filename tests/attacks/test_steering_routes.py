@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from capture_support import asgi_post
 from plasticity.server.catalogue import Catalogue
 from plasticity.server.middleware import PlasticityMiddleware, generation_routes
 from plasticity.steering.config import SteeringConfig
@@ -57,27 +58,7 @@ class _Recorder:
 
 def _call(mw, path, body, headers=None, chunks=2):
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    step = max(1, len(raw) // chunks)
-    parts = [raw[i:i + step] for i in range(0, len(raw), step)] or [b""]
-    got = {"status": None, "body": b"", "reads": 0}
-
-    async def receive():
-        got["reads"] += 1
-        if parts:
-            b = parts.pop(0)
-            return {"type": "http.request", "body": b, "more_body": bool(parts)}
-        return {"type": "http.disconnect"}
-
-    async def send(msg):
-        if msg["type"] == "http.response.start":
-            got["status"] = msg["status"]
-        else:
-            got["body"] += msg.get("body", b"")
-
-    hdrs = headers if headers is not None else [(b"content-length", str(len(raw)).encode())]
-    scope = {"type": "http", "method": "POST", "path": path, "root_path": "", "headers": hdrs}
-    asyncio.run(mw(scope, receive, send))
-    return got
+    return asgi_post(mw, path, raw, headers, chunks)
 
 
 def _mw(catalogue, **kw):
