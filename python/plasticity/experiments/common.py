@@ -13,7 +13,7 @@ Measurements:
   (``control_pass``: prompts that must *not* get the behaviour; they catch over-generalisation),
   plus ``decision_nll``: mean per-token negative log-likelihood of the behaviour's reply on the
   held-out examples (teacher-forced; a continuous measure that moves before any greedy test flips);
-- forgetting: held-out perplexity on general text (``Trainer.heldout_ppl``: the corpus's
+- forgetting: held-out perplexity on general text (``core.heldout_perplexity``: the corpus's
   held-out documents joined, 128-token windows, the first ``heldout_tokens`` tokens);
 - cost: wall time per step, trained tokens/s, optimizer state bytes (``Apollo.state_bytes``),
   activation bytes saved for backward (the Trainer counts them per step) and the process RSS.
@@ -350,10 +350,10 @@ class Rig:
         return total / n
 
     def ppl(self) -> float:
-        """Held-out perplexity of the general text (``Trainer.heldout_ppl`` on the rig's tokens)."""
+        """Held-out perplexity of the general text (the server's own measure, on the rig's tokens)."""
         from plasticity.training import core
 
-        return float(core.Trainer.heldout_ppl(self))
+        return float(core.heldout_perplexity(self.model, self.heldout_ids))
 
     # ---- training ----
     def teach(self, tr, examples: list[Example], steps: int, *, per_step: int = 1, label: str = "",

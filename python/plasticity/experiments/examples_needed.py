@@ -122,7 +122,7 @@ def run(args) -> dict:
             ("seconds", "train s", lambda v: f"{v:.0f}")]
     notes = [f"The {b.behaviour} training set has {len(train)} distinct examples, so N stops there.",
              "Pass rates are greedy generations checked by the shipped tests; controls must NOT show the behaviour.",
-             "Held-out perplexity: Trainer.heldout_ppl (documents joined, 128-token windows)."]
+             "Held-out perplexity: core.heldout_perplexity, as the server (documents joined, 128-token windows)."]
     return C.write_outputs(out, result, title=TITLE, question=QUESTION, columns=cols, notes=notes)
 
 

@@ -142,6 +142,23 @@ def full_loss(model, context: list[int], decision: list[int], device="cpu") -> t
     return F.cross_entropy(logits, torch.tensor(decision, device=device)), len(decision)
 
 
+@torch.no_grad()
+def heldout_perplexity(model, windows: torch.Tensor, after_chunk=None) -> float:
+    """exp(mean NLL) over ``windows`` (rows of token ids), EVAL_ROWS rows per forward (one batched
+    forward each, not one per window); ``after_chunk(seconds)`` runs after each forward."""
+    total, count = 0.0, 0
+    for rows in windows.split(EVAL_ROWS):
+        t0 = time.monotonic()
+        logits = model(input_ids=rows).logits[:, :-1].float()
+        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), rows[:, 1:].reshape(-1),
+                                 reduction="sum").item()
+        count += rows[:, 1:].numel()
+        del logits
+        if after_chunk is not None:
+            after_chunk(time.monotonic() - t0)
+    return math.exp(total / count)
+
+
 class LiveApollo(Apollo):
     """Apollo in fused mode, for parameters that are views of served weights.
 
@@ -352,29 +369,22 @@ class Trainer:
         return {"enqueued": accepted, "queue_full": full}
 
     # ---- evaluation ----
-    @torch.no_grad()
     def heldout_ppl(self) -> float | None:
         """Perplexity on the held-out windows (the first ``heldout_tokens`` tokens, 8192 by default).
 
-        Windows go through the model EVAL_ROWS at a time (one batched forward each, not one per
-        window), and on the training thread each chunk is followed by the same duty-cycle pause as
-        a training step, so an evaluation takes at most ``serving_duty`` of the CPU while requests
+        On the training thread each chunk of windows is followed by the same duty-cycle pause as a
+        training step, so an evaluation takes at most ``serving_duty`` of the CPU while requests
         are being served instead of stalling serving for its whole length."""
         if self.heldout_ids is None:
             return None
         on_thread = threading.current_thread() is self.thread
-        total, count = 0.0, 0
-        for rows in self.heldout_ids.split(EVAL_ROWS):
-            t0 = time.monotonic()
-            logits = self.model(input_ids=rows).logits[:, :-1].float()
-            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), rows[:, 1:].reshape(-1),
-                                     reduction="sum").item()
-            count += rows[:, 1:].numel()
-            del logits
-            self.profile["eval"] = self.profile.get("eval", 0.0) + time.monotonic() - t0
+
+        def after_chunk(dt: float) -> None:
+            self.profile["eval"] = self.profile.get("eval", 0.0) + dt
             if on_thread:
-                self._yield(time.monotonic() - t0)
-        return math.exp(total / count)
+                self._yield(dt)
+
+        return heldout_perplexity(self.model, self.heldout_ids, after_chunk)
 
     def _eval(self) -> None:
         t0 = time.time()
