@@ -148,6 +148,81 @@ def test_non_atomic_steps_leave_later_layers_stepped(tmp_path):
     assert tr.status()["undo_bytes_peak"] == 0
 
 
+class _CountingLock:
+    """The serving lock, counting how often the optimizer takes it."""
+
+    def __init__(self):
+        self.inner, self.taken = threading.Lock(), 0
+
+    def __enter__(self):
+        self.inner.acquire()
+        self.taken += 1
+
+    def __exit__(self, *exc):
+        self.inner.release()
+
+
+def _tiny_trainer(tmp_path, name, lock, lock_batch_bytes):
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(model_dir("qwen3-tiny"), dtype=torch.float32).eval()
+    sel = views.select([n for n, _ in m.named_parameters()], ["all-linear"])
+    for n, p in m.named_parameters():
+        p.requires_grad_(n in sel)
+    cfg = tc.from_dict({"enabled": True, "lr": 1e-3, "rank": 8, "journal": str(tmp_path / f"{name}.jsonl"),
+                        "replay_ratio": 0.0})
+    tr = core.Trainer(m, sorted(sel), cfg, TrainQueue(100), lock)
+    tr.opt.lock_batch_bytes = lock_batch_bytes
+    return tr, m
+
+
+def test_gradients_step_in_batches_under_one_lock_each(tmp_path):
+    """A busy server's forward holds the lock: one acquisition per batch of gradients (not one per
+    parameter) and the weights come out bit-identical to stepping each parameter on its own."""
+    one_lock, batched_lock = _CountingLock(), _CountingLock()
+    one, m1 = _tiny_trainer(tmp_path, "one", one_lock, 0)  # 0: every gradient is its own batch
+    batched, m2 = _tiny_trainer(tmp_path, "batched", batched_lock, 2 << 20)  # a layer is 3 MiB
+    for i in range(3):
+        assert not one.step([_ex(i)])["skipped"] and not batched.step([_ex(i)])["skipped"]
+    n = len(one.params)
+    assert one_lock.taken == 3 * n and one.opt.lock_acquisitions == 3 * n
+    assert 3 <= batched_lock.taken <= 3 * n // 4, (batched_lock.taken, n)
+    p2 = dict(m2.named_parameters())
+    for name, p in m1.named_parameters():
+        assert torch.equal(p, p2[name]), name
+    assert all(p.grad is None for p in one.params + batched.params)  # every gathered gradient freed
+    st = batched.status()
+    assert st["lock_acquisitions"] == batched_lock.taken and st["grad_bytes_bound"] > 2 << 20
+
+
+def test_backward_that_raises_is_rolled_back(trainer):
+    """A backward that raises half way (after some batches stepped) leaves the weights and the
+    optimizer's moments as they were: the step failed, its examples will be retried."""
+    tr, cfg, m = trainer
+    tr.opt.lock_batch_bytes = 0  # later layers step before the error
+    tr.step([_ex(0)])
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    state = _state_copy(tr.opt)
+    mid = [p for n, p in m.named_parameters() if n in tr.trainable and ".layers.1.mlp.down_proj" in n][0]
+
+    def boom(g):
+        raise RuntimeError("out of memory (simulated)")
+
+    h = mid.register_hook(boom)
+    with pytest.raises(RuntimeError, match="simulated"):
+        tr.step([_ex(1)])
+    h.remove()
+    assert tr.opt.rolled_back > 0  # the case that needs the undo log
+    for n, p in m.named_parameters():
+        assert torch.equal(p, before[n]), n
+    after = _state_copy(tr.opt)
+    for key, st in state.items():
+        for k, v in st.items():
+            assert (torch.equal(v, after[key][k]) if isinstance(v, torch.Tensor) else v == after[key][k]), k
+    assert all(p.grad is None for p in tr.params)
+    assert not tr.step([_ex(2)])["skipped"]  # and training goes on
+
+
 def test_journal_recovery_trains_untrained_and_not_trained(trainer, tmp_path):
     tr, cfg, m = trainer
     acc = core.Journal(cfg.journal)
