@@ -135,7 +135,8 @@ def short(text: str, n: int = 70) -> str:
     return text if len(text) <= n else text[:n - 3] + "..."
 
 
-def steering(srv, model) -> None:
+def steering(srv, model) -> dict:
+    """Returns the replies: {prompt: (off, +scale, -scale)} and the unsteered reply asked again."""
     print("\n== 1. Steering a mood, toggled per request")
     t = time.time()
     out = call(srv, "/v1/steering/vectors", {"name": "mood", "extract": {
@@ -144,18 +145,22 @@ def steering(srv, model) -> None:
           f"layers {out['layers']}")
     print(f"each prompt: off | steer_scale +{STEER_SCALE:g} (happy) | -{STEER_SCALE:g} (sad)   "
           f"(extra_body={{'vllm_xargs': {{'steer': 'mood', 'steer_scale': {STEER_SCALE:g}}}}})")
-    first_off = None
+    first_off, replies = None, {}
     for q in STEER_PROMPTS:
         off = chat(srv, model, q, n=40)
         first_off = first_off or off
         up = chat(srv, model, q, n=40, vllm_xargs={"steer": "mood", "steer_scale": STEER_SCALE})
         down = chat(srv, model, q, n=40, vllm_xargs={"steer": "mood", "steer_scale": -STEER_SCALE})
         print(f"  {q}\n    off : {short(off, 110)}\n    +   : {short(up, 110)}\n    -   : {short(down, 110)}")
+        replies[q] = (off, up, down)
     again = chat(srv, model, STEER_PROMPTS[0], n=40)
     print(f"unsteered again, identical to the first unsteered reply (nothing leaked): {again == first_off}")
+    return {"replies": replies, "again": again}
 
 
-def training(srv, model) -> dict:
+def training(srv, model, epochs: int = EPOCHS, client_every_s: float = 1.0) -> dict:
+    """Teach the fact (``epochs`` passes over the training paraphrases) while a client asks something
+    every ``client_every_s``; returns the base's replies and the figures printed."""
     print("\n== 2. Teaching a new fact to the live weights while the server keeps serving")
     t = time.time()
     st0 = call(srv, "/v1/training/status", method="GET")
@@ -171,9 +176,9 @@ def training(srv, model) -> dict:
           f"general questions answered correctly: {sum(ok0)}/{len(GENERAL)}; "
           f"held-out perplexity (Python docs, not trained on) {ppl0:.3f}")
     lines = [json.dumps({"context": [{"role": "user", "content": q}], "decision": FACT})
-             for _ in range(EPOCHS) for q in TRAIN_Q]
+             for _ in range(epochs) for q in TRAIN_Q]
     out = call(srv, "/v1/training/examples", raw="\n".join(lines).encode(), ctype="application/jsonl")
-    print(f"POST /v1/training/examples: {len(out['ids'])} examples journaled ({len(TRAIN_Q)} paraphrases x {EPOCHS})")
+    print(f"POST /v1/training/examples: {len(out['ids'])} examples journaled ({len(TRAIN_Q)} paraphrases x {epochs})")
 
     served, stop = [], threading.Event()
 
@@ -182,7 +187,7 @@ def training(srv, model) -> dict:
             t = time.time()
             chat(srv, model, "Give me one tip for learning Python.", n=24)
             served.append(time.time() - t)
-            stop.wait(1.0)
+            stop.wait(client_every_s)
 
     th = threading.Thread(target=client, daemon=True)
     th.start()
@@ -218,6 +223,9 @@ def training(srv, model) -> dict:
           f"on the training thread); {len(served)} requests answered during training (median "
           f"{sorted(served)[len(served) // 2]:.2f} s); Apollo state {st['optimizer_state_bytes'] / 2**20:.0f} MB "
           f"(AdamW would hold {st['adamw_state_bytes'] / 2**20:.0f} MB)")
+    steps = max(st["step"], 1)
+    prof = ", ".join(f"{k} {v / steps:.2f}" for k, v in sorted(st["profile_s"].items()))
+    print(f"per step (s): {prof}; serving lock taken {st['lock_acquisitions'] / steps:.0f} times a step")
     print(f"after : {HELD_Q[0]!r} -> {short(fact[0])!r}")
     print(f"held-out paraphrases with the fact: {sum(FACT_KEY in r for r in fact)}/{len(HELD_Q)}")
     print(f"general questions the base answered correctly, still correct: {kept}/{sum(ok0)}")
@@ -226,10 +234,13 @@ def training(srv, model) -> dict:
             print(f"  lost: {q!r} -> {short(r)!r}")
     print(f"held-out perplexity {ppl0:.3f} -> {ppl1:.3f} ({100 * (ppl1 / ppl0 - 1):+.1f}%; goal: rise < 5%; "
           f"guard: {st['guard']['trips']} trips at +{100 * st['guard']['threshold']:.0f}%)")
-    return {"fact": base_fact, "general": base_general}
+    return {"fact": base_fact, "general": base_general, "fact_hits_before": sum(FACT_KEY in r for r in base_fact),
+            "fact_hits": sum(FACT_KEY in r for r in fact), "general_ok_before": sum(ok0), "general_kept": kept,
+            "ppl_before": ppl0, "ppl_after": ppl1, "steps": st["step"] - st0["step"], "requests_served": len(served),
+            "status": st}
 
 
-def version_control(srv, model, base: dict) -> None:
+def version_control(srv, model, base: dict) -> dict:
     print("\n== 3. The change as a task vector: save, roll back, roll forward")
     snap = call(srv, "/v1/snapshots", {"name": "lighthouse"})
     print(f"POST /v1/snapshots: {snap['name']!r}, |tau| = {snap['norm']:.3f} over {snap['tensors']} tensors, "
@@ -243,6 +254,7 @@ def version_control(srv, model, base: dict) -> None:
     fact = knows_fact(srv, model)
     print(f"rolled to snapshot  : {HELD_Q[0]!r} -> {short(fact[0])!r}  "
           f"({sum(FACT_KEY in r for r in fact)}/{len(HELD_Q)} with the fact)")
+    return {"snapshot": snap, "rollback_identical": same, "forward_fact": fact}
 
 
 def main() -> int:
