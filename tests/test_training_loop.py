@@ -291,3 +291,29 @@ def test_heldout_eval_is_batched_and_yields_to_serving(trainer, monkeypatch):
     finally:
         tr.thread = None
     assert len(pauses) == 3 and all(dt > 0 for dt in pauses)  # 8 + 8 + 3 windows
+
+
+def test_autocast_bf16_runs_the_passes_in_bf16_and_steps_float32_weights(tmp_path):
+    """autocast = "bf16": the loss is computed with bf16 matmuls (it differs from float32's, so the
+    option is not a no-op), is close to it, and the float32 weights step in float32."""
+    from transformers import AutoModelForCausalLM
+
+    losses, moved = {}, {}
+    for mode in ("off", "bf16"):
+        m = AutoModelForCausalLM.from_pretrained(model_dir("qwen3-tiny"), dtype=torch.float32).eval()
+        sel = sorted(views.select([n for n, _ in m.named_parameters()], ["all-linear"]))
+        for n, p in m.named_parameters():
+            p.requires_grad_(n in sel)
+        before = {n: p.detach().clone() for n, p in m.named_parameters() if n in sel}
+        cfg = tc.from_dict({"enabled": True, "lr": 1e-3, "rank": 8, "journal": str(tmp_path / f"{mode}.jsonl"),
+                            "replay_ratio": 0.0, "autocast": mode})
+        tr = core.Trainer(m, sel, cfg, TrainQueue(10), threading.Lock())
+        res = tr.step([_ex(i) for i in range(4)])
+        assert not res["skipped"]
+        losses[mode] = res["loss"]
+        params = dict(m.named_parameters())
+        assert all(params[n].dtype == torch.float32 for n in sel)
+        moved[mode] = sum(not torch.equal(params[n], before[n]) for n in sel) / len(sel)
+    assert losses["bf16"] != losses["off"]
+    assert abs(losses["bf16"] - losses["off"]) < 0.02 * abs(losses["off"])
+    assert moved["off"] == 1.0 and moved["bf16"] == 1.0

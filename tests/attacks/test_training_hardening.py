@@ -211,3 +211,20 @@ def test_bad_training_cpus_are_refused_in_the_config(value):
 
     with pytest.raises(ValueError, match="cpus"):
         tc.from_dict({"enabled": True, "cpus": value})
+
+
+@pytest.mark.parametrize("value", ["", "auto", "inherit", "0-", " 1", "same ", 2, None, "all; rm"])
+def test_bad_training_idle_cpus_are_refused_in_the_config(value):
+    from plasticity.training import config as tc
+
+    with pytest.raises(ValueError, match="idle_cpus"):
+        tc.from_dict({"enabled": True, "idle_cpus": value})
+
+
+@pytest.mark.parametrize("value", ["", "BF16", "fp16", "on", True, 1, None, ["bf16"], "bf16 " * 10000])
+def test_bad_training_autocast_is_refused_in_the_config(value):
+    from plasticity.training import config as tc
+
+    with pytest.raises(ValueError, match="autocast") as e:
+        tc.from_dict({"enabled": True, "autocast": value})
+    assert len(str(e.value)) < 300  # a huge value is not echoed back whole

@@ -31,6 +31,10 @@ eval_every = 0             # steps between held-out evaluations (0 = only on req
 threads = 1                # torch/Apollo threads of the training thread
 cpus = "auto"              # CPUs of the training thread: "auto" (those serving is not pinned to),
                            # "all", "inherit" (vLLM's mask), or a list "1" / "2-7,10"
+idle_cpus = "all"          # while no request is being served, training widens to these CPUs
+                           # ("all", a list, or "same" = stay on `cpus`); `threads` caps both
+autocast = "off"           # "bf16": forward and backward matmuls in bfloat16 (weights, gradients
+                           # and Apollo stay as they are); ~1.6x faster on CPUs with AVX512-BF16/AMX
 yield_ms = 0.0             # sleep after each step (leaves CPU to serving)
 serving_duty = 0.25        # while requests are being served, training takes at most this
                            # fraction of wall time (sleeps dt·(1-d)/d after a step of dt); 1 = off
@@ -62,9 +66,10 @@ _DEFAULTS = dict(
     modules=("all-linear",),
     replay_ratio=0.25, replay_source=None, batch_size=4, max_steps=0, max_example_tokens=2048,
     max_decision_tokens=512, journal=None, checkpoint_dir=None, checkpoint_every=0, heldout=None, heldout_tokens=8192,
-    eval_every=0, threads=1, cpus="auto", yield_ms=0.0, serving_duty=0.25, serving_idle_ms=500.0, queue_capacity=10000, seed=0,
+    eval_every=0, threads=1, cpus="auto", idle_cpus="all", autocast="off", yield_ms=0.0, serving_duty=0.25, serving_idle_ms=500.0, queue_capacity=10000, seed=0,
     snapshot_dir=None, guard_every=0, guard_threshold=0.05, max_edit_norm_growth=2.0,
 )
+AUTOCAST = ("off", "bf16")
 MAX_LR = 1.0  # also the bound of POST /v1/training/settings: a larger step only destroys the weights
 MAX_GUARD_THRESHOLD = 100.0
 _PATHS = ("replay_source", "journal", "checkpoint_dir", "heldout", "snapshot_dir")
@@ -98,6 +103,8 @@ class TrainingConfig:
     eval_every: int = 0
     threads: int = 1
     cpus: str = "auto"
+    idle_cpus: str = "all"
+    autocast: str = "off"
     yield_ms: float = 0.0
     serving_duty: float = 0.25
     serving_idle_ms: float = 500.0
@@ -140,6 +147,12 @@ def from_dict(sec: dict, base: Path | None = None, source: Path | None = None) -
         cpus.check_spec(v["cpus"])
     except ValueError as e:
         raise ValueError(f"{where}: training.cpus: {e}") from None
+    try:
+        cpus.check_idle_spec(v["idle_cpus"])
+    except ValueError as e:
+        raise ValueError(f"{where}: training.idle_cpus: {e}") from None
+    if v["autocast"] not in AUTOCAST:
+        raise ValueError(f"{where}: training.autocast must be one of {sorted(AUTOCAST)}, got {str(v['autocast'])[:40]!r}")
     if isinstance(v["heldout_tokens"], bool) or not isinstance(v["heldout_tokens"], int):
         raise ValueError(f"{where}: training.heldout_tokens must be an integer, got {v['heldout_tokens']!r}")
     cfg = TrainingConfig(
@@ -154,7 +167,8 @@ def from_dict(sec: dict, base: Path | None = None, source: Path | None = None) -
         max_decision_tokens=int(v["max_decision_tokens"]), journal=v["journal"], checkpoint_dir=v["checkpoint_dir"],
         checkpoint_every=int(v["checkpoint_every"]), heldout=v["heldout"], eval_every=int(v["eval_every"]),
         heldout_tokens=int(v["heldout_tokens"]),
-        threads=int(v["threads"]), cpus=v["cpus"], yield_ms=float(v["yield_ms"]), serving_duty=float(v["serving_duty"]),
+        threads=int(v["threads"]), cpus=v["cpus"], idle_cpus=v["idle_cpus"], autocast=v["autocast"],
+        yield_ms=float(v["yield_ms"]), serving_duty=float(v["serving_duty"]),
         serving_idle_ms=float(v["serving_idle_ms"]), queue_capacity=int(v["queue_capacity"]),
         seed=int(v["seed"]), source=source,
         snapshot_dir=v["snapshot_dir"] or (v["journal"].parent / "snapshots" if v["journal"] else None),

@@ -13,6 +13,7 @@ positions < n-1 is treated as a constant (tests/test_training_frozen.py).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -466,7 +467,7 @@ class Trainer:
         losses, ntok = [], 0
         saved = _SavedBytes(self._weight_storages)
         prof = self.profile
-        with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
+        with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack), self._autocast():
             if self._batchable:  # one padded batch: a few large GEMMs instead of many small ones
                 loss, ntok = frozen_context_loss_batch(self.model, items, times=prof)
                 losses.append(loss)
@@ -515,6 +516,14 @@ class Trainer:
             st["loss_ema"] = lv if st["loss_ema"] is None else 0.9 * st["loss_ema"] + 0.1 * lv
         return {"loss": lv, "skipped": skipped, "tokens": ntok, "replay": n_rep, "updated_params": self.opt.updated,
                 "rolled_back_params": self.opt.rolled_back}
+
+    def _autocast(self):
+        """The forward passes' precision (``autocast``); backward follows the dtypes saved by them.
+        bf16 casts of the weights are made once per pass and freed with it."""
+        if self.cfg.autocast == "bf16":
+            dev = next(iter(self.params)).device.type if self.params else "cpu"
+            return torch.autocast(dev, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def _finish(self, batch, res) -> None:
         self.stats["examples_done"] += len(batch)
@@ -669,14 +678,13 @@ class Trainer:
         self.thread.start()
 
     def _run(self) -> None:
-        # Own CPUs first (see cpus.py), then every thread this one starts inherits them.
-        serving, mine = cpus.pin_this_thread(self.cfg.cpus)
-        threads = max(1, min(self.cfg.threads, len(mine)))
-        torch.set_num_threads(threads)
-        self.opt.restart_workers(threads)
-        self.stats["cpus"], self.stats["serving_cpus"] = sorted(mine), sorted(serving)
-        log.info("plasticity: training thread on CPUs %s with %d threads (serving pinned to %s)",
-                 sorted(mine), threads, sorted(serving))
+        # Own CPUs first (see cpus.py): narrow while requests are served, wide while serving idles.
+        self.cpu_plan = cpus.TrainingCpus(self.cfg.cpus, self.cfg.idle_cpus, self.cfg.threads)
+        self.cpu_plan.spawn_team()
+        self._place_cpus()
+        log.info("plasticity: training thread on CPUs %s with %d threads, %s while serving is idle "
+                 "(serving pinned to %s)", sorted(self.cpu_plan.narrow), self.cpu_plan.n_narrow, sorted(self.cpu_plan.wide),
+                 sorted(self.cpu_plan.serving))
         try:
             self._eval()
         except Exception as e:  # noqa: BLE001
@@ -698,6 +706,7 @@ class Trainer:
                 if nxt is None:
                     break
                 batch.append(nxt)
+            self._place_cpus()
             t0 = time.monotonic()
             try:
                 res = self.step(batch)
@@ -712,6 +721,25 @@ class Trainer:
             self._bump()  # after the step (and a guard rollback): no K/V of older weights is reused
             self._yield(time.monotonic() - t0)
 
+    def _place_cpus(self) -> None:
+        """Before a step: widen to ``idle_cpus`` if serving is idle, narrow to ``cpus`` if not."""
+        wide = self.cpu_plan.widens and not self._serving_now()
+        if wide == self.cpu_plan.is_wide:
+            return
+        threads = self.cpu_plan.apply(wide)
+        self.opt.restart_workers(threads)  # Apollo's pool inherits the new mask
+        mask = self.cpu_plan.wide if wide else self.cpu_plan.narrow
+        self.stats["cpus"], self.stats["serving_cpus"] = sorted(mask), sorted(self.cpu_plan.serving)
+        self.stats["threads"] = threads
+        self.stats["cpu_switches"] = self.stats.get("cpu_switches", 0) + 1
+
+    def _serving_now(self) -> bool:
+        """Whether a model forward for a request ran within ``serving_idle_ms``."""
+        if self.last_serve is None:
+            return False
+        last = self.last_serve()
+        return last is not None and time.monotonic() - last <= self.cfg.serving_idle_ms / 1000
+
     def _yield(self, dt: float) -> None:
         pause = self.pause_after(dt)
         if pause > 0:
@@ -725,11 +753,9 @@ class Trainer:
         wall time (2 shared cores: a training step slows every concurrent forward)."""
         pause = self.cfg.yield_ms / 1000
         d = self.cfg.serving_duty
-        if d < 1 and self.last_serve is not None:
-            last = self.last_serve()
-            if last is not None and time.monotonic() - last <= self.cfg.serving_idle_ms / 1000:
-                pause = max(pause, dt * (1 - d) / d)
-                self.stats["serving_yields"] = self.stats.get("serving_yields", 0) + 1
+        if d < 1 and self._serving_now():
+            pause = max(pause, dt * (1 - d) / d)
+            self.stats["serving_yields"] = self.stats.get("serving_yields", 0) + 1
         return pause
 
     def stop(self) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 
 _LIST = re.compile(r"[0-9]+(?:-[0-9]+)?(?:,[0-9]+(?:-[0-9]+)?)*", re.ASCII)
 MAX_CPU = 1 << 16
@@ -78,3 +79,79 @@ def pin_this_thread(spec: str) -> tuple[set[int], set[int]]:
         except OSError:
             pass  # a cpuset we cannot enter: keep what we have
     return serving, os.sched_getaffinity(0)
+
+
+def check_idle_spec(spec) -> str:
+    """``idle_cpus``: "same" (never widen), "all", or a CPU list."""
+    if spec in ("same", "all"):
+        return spec
+    if spec in ("auto", "inherit"):
+        raise ValueError(f"idle_cpus is 'same', 'all' or a CPU list, not {spec!r}")
+    parse_list(spec)
+    return spec
+
+
+class TrainingCpus:
+    """The training thread's CPUs: ``cpus`` while requests are being served, widened to
+    ``idle_cpus`` while serving is idle (an idle server's cores are otherwise wasted: on 2 cores
+    the trainer ran at about half its offline speed in an idle server).
+
+    Every thread that computes for training moves with each switch: the training thread itself
+    and the OpenMP team torch runs its intra-op work on (threads started from the training thread,
+    found once as the tasks that appear when the team is first spawned); the caller restarts
+    Apollo's pool from the moved thread. Built and used on the training thread only."""
+
+    def __init__(self, spec: str, idle_spec: str, threads: int):
+        self.serving = os.sched_getaffinity(0)
+        machine = machine_cpus()
+        self.narrow = choose(spec, self.serving, machine) or set(self.serving)
+        # "inherit" promises vLLM's own mask, so it never widens either
+        keep = idle_spec == "same" or spec == "inherit"
+        wide = self.narrow if keep else choose(idle_spec, self.serving, machine)
+        self.wide = wide or self.narrow
+        self.n_narrow = max(1, min(threads, len(self.narrow)))
+        self.n_wide = max(1, min(threads, len(self.wide)))
+        self.team: list[int] = []
+        self.is_wide: bool | None = None
+
+    @property
+    def widens(self) -> bool:
+        return self.wide != self.narrow
+
+    def spawn_team(self) -> None:
+        """Start torch's OpenMP team at its largest size and remember its threads' ids."""
+        import torch
+
+        n = max(self.n_narrow, self.n_wide)
+        self._pin([threading.get_native_id()], self.narrow | self.wide)
+        if n < 2:
+            return
+        before = _tasks()
+        torch.set_num_threads(n)
+        torch.ones(1 << 22).add_(1.0)  # one parallel region with n threads
+        self.team = sorted(_tasks() - before)
+
+    def apply(self, wide: bool) -> int:
+        """Move the training thread and its team; returns the thread count to use now."""
+        import torch
+
+        mask, n = (self.wide, self.n_wide) if wide else (self.narrow, self.n_narrow)
+        self._pin([threading.get_native_id(), *self.team], mask)
+        torch.set_num_threads(n)
+        self.is_wide = wide
+        return n
+
+    @staticmethod
+    def _pin(tids: list[int], mask: set[int]) -> None:
+        for tid in tids:
+            try:
+                os.sched_setaffinity(tid, mask)
+            except OSError:
+                pass  # a thread that ended, or a cpuset we cannot enter: keep what it has
+
+
+def _tasks() -> set[int]:
+    try:
+        return {int(t) for t in os.listdir("/proc/self/task")}
+    except OSError:
+        return set()
