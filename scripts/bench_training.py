@@ -2,21 +2,32 @@
 """Online-training speed and memory against plain transformers + torch AdamW, in one run.
 
     .venv/bin/python scripts/bench_training.py [--model smollm2-135m-instruct] [--threads 2]
-        [--batch 4] [--ctx 64] [--dec 64] [--steps 6]
+        [--batch 4] [--ctx 64] [--dec 64] [--steps 6] [--autocast off|bf16]
+        [--modes ours,ours-nonatomic,torch-adamw,server]
 
-Each mode runs in its own fresh process on the same batches (``--batch`` sequences of ``--ctx``
-context + ``--dec`` decision tokens, the decision tokens are what is trained) and prints trained
-tokens/s, seconds per step, optimizer state and the peak RSS above the loaded model:
+Every mode trains on the same batches: ``--batch`` windows of the local English corpus (Python's
+documentation, scripts/build_test_models.py), ``--ctx`` context + ``--dec`` decision tokens each;
+the decision tokens are what is trained; ``--autocast bf16`` runs every mode's forward and backward
+matmuls in bfloat16 (``[training] autocast``; the torch reference under the same
+``torch.autocast``). It prints trained tokens/s, seconds per step, optimizer
+state and the peak RSS above the loaded model:
 
 - ``ours``: plasticity's ``Trainer.step`` exactly as the server runs it (context-frozen loss,
-  batched, fused Apollo stepping each weight as its gradient completes, atomic steps);
+  batched, fused Apollo stepping a layer's worth of gradients under one lock, atomic steps),
+  offline, in a fresh process;
 - ``ours-nonatomic``: the same without the undo log (``atomic_steps = false``);
 - ``torch-adamw``: what a user would otherwise write: full backprop through context and decision
-  (loss on the decision tokens only), then ``torch.optim.AdamW`` (fused where torch allows).
+  (loss on the decision tokens only), then ``torch.optim.AdamW`` (fused where torch allows);
+- ``server``: ours inside ``vllm`` (the OpenAI server with the plasticity plugins, its default
+  ``cpus = "auto"``/``idle_cpus = "all"`` and ``--threads`` training threads): first idle (no
+  client: training widens to every core), then under a client that keeps asking back to back
+  (``serving_duty = 0.5``: training stays off serving's core and takes half of wall time). It prints the training thread's own rate
+  (``tokens_per_s`` of the status: steps' time only), its share of wall time (the duty cycle),
+  the serving tokens/s of that client alone and while training, and the worker's peak RSS
+  growth.
 
-The ratio line compares ours with the torch reference measured in the same run. The in-server
-rates (idle and under a client) are in ``GET /v1/training/status`` (``tokens_per_s``) and
-tests/test_training_serving.py. Never a timed test: shared machines are noisy.
+Ratio lines compare with the torch reference and with ours offline measured in the same run.
+Never a timed test: shared machines are noisy.
 """
 
 from __future__ import annotations
@@ -60,14 +71,19 @@ class PeakRSS:
         return self.peak - self.base
 
 
-def batches(a, vocab: int):
-    import torch
+def batches(a, tokenizer) -> list[list[tuple[list[int], list[int]]]]:
+    """``steps + 1`` batches (one warm-up) of consecutive corpus windows: (context ids, decision ids)."""
+    from models import heldout_path
 
-    g = torch.Generator().manual_seed(0)
-    out = []
-    for _ in range(a.steps + 1):  # one warm-up step
-        out.append([(torch.randint(10, vocab - 10, (a.ctx,), generator=g).tolist(),
-                     torch.randint(10, vocab - 10, (a.dec,), generator=g).tolist()) for _ in range(a.batch)])
+    text = (heldout_path().parent / "train.txt").read_text(encoding="utf-8")
+    ids = tokenizer(text[:400_000], add_special_tokens=False)["input_ids"]
+    w, out, pos = a.ctx + a.dec, [], 0
+    for _ in range(a.steps + 1):
+        b = []
+        for _ in range(a.batch):
+            b.append((ids[pos: pos + a.ctx], ids[pos + a.ctx: pos + w]))
+            pos += w
+        out.append(b)
     return out
 
 
@@ -78,6 +94,8 @@ def run_mode(a) -> dict:
     from models import model_dir
 
     torch.set_num_threads(a.threads)
+    from transformers import AutoTokenizer
+
     m = AutoModelForCausalLM.from_pretrained(model_dir(a.model), dtype=torch.float32).eval()
     from plasticity.training import views
 
@@ -85,7 +103,7 @@ def run_mode(a) -> dict:
     for n, p in m.named_parameters():
         p.requires_grad_(n in sel)
     params = [p for n, p in m.named_parameters() if n in sel]
-    data = batches(a, m.config.vocab_size)
+    data = batches(a, AutoTokenizer.from_pretrained(model_dir(a.model)))
     rss = PeakRSS().start()
     times, state_bytes, extra = [], 0, {}
     if a.mode.startswith("ours"):
@@ -93,7 +111,7 @@ def run_mode(a) -> dict:
         from plasticity.training import config as tc, core
 
         cfg = tc.from_dict({"enabled": True, "lr": 1e-6, "rank": a.rank, "replay_ratio": 0.0,
-                            "journal": "/dev/null", "threads": a.threads,
+                            "journal": "/dev/null", "threads": a.threads, "autocast": a.autocast,
                             "atomic_steps": a.mode == "ours"})
         tr = core.Trainer(m, sel, cfg, TrainQueue(10), threading.Lock())
         prof0 = {}
@@ -122,7 +140,9 @@ def run_mode(a) -> dict:
             ids = torch.tensor([c + d for c, d in b])
             labels = ids.clone()
             labels[:, :a.ctx] = -100  # train the decision tokens, as ours does
-            m(input_ids=ids, labels=labels).loss.backward()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.autocast == "bf16"):
+                loss = m(input_ids=ids, labels=labels).loss
+            loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
             if i:
@@ -137,6 +157,133 @@ def run_mode(a) -> dict:
             "peak_extra_rss": extra_rss, "trainable_params": sum(p.numel() for p in params), **extra}
 
 
+SERVER_CONFIG = """[training]
+enabled = true
+lr = 1e-6                # speed, not learning: keep the served model as it is
+rank = {rank}
+replay_ratio = 0.0       # the batches are exactly the submitted examples
+batch_size = {batch}
+threads = {threads}
+autocast = "{autocast}"
+serving_duty = 0.5       # under a client: training takes at most half of wall time
+journal = "journal.jsonl"
+max_decision_tokens = {max_dec}
+max_example_tokens = {max_ex}
+"""
+
+
+class Client:
+    """Asks the server for ``n`` greedy tokens back to back; ``tokens_between(t0, t1)`` counts the
+    tokens of the requests that finished in that window."""
+
+    def __init__(self, srv, n: int = 32):
+        self.srv, self.n, self.done, self.failed = srv, n, [], 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        import training_support as ts
+
+        body = {"model": self.srv.model, "prompt": "The history of the lighthouse begins", "max_tokens": self.n,
+                "temperature": 0.0, "ignore_eos": True}
+        while not self._stop.is_set():
+            code, out = ts.request(self.srv, "POST", "/v1/completions", body)
+            if code == 200:
+                self.done.append((time.monotonic(), out["usage"]["completion_tokens"]))
+            else:
+                self.failed += 1
+
+    def start(self):
+        self._t.start()
+        return self
+
+    def stop(self):
+        self._stop.set()
+        self._t.join(120)
+
+    def tokens_between(self, t0: float, t1: float) -> int:
+        return sum(n for t, n in self.done if t0 < t <= t1)
+
+
+def _worker_rss(srv) -> int:
+    """RSS of the largest process under the server (the engine worker that holds the model)."""
+    import psutil
+
+    procs = [psutil.Process(srv.proc.pid)]
+    procs += procs[0].children(recursive=True)
+    return max(p.memory_info().rss for p in procs if p.is_running())
+
+
+def run_server(a) -> list[dict]:
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    import training_support as ts
+    from models import model_dir
+    from vllm_server import VLLMServer
+
+    d = model_dir(a.model)
+    tok = AutoTokenizer.from_pretrained(d)
+    root = Path(tempfile.mkdtemp(prefix="bench-training-"))
+    cfg = root / "plasticity.toml"
+    cfg.write_text(SERVER_CONFIG.format(rank=a.rank, batch=a.batch, threads=a.threads, autocast=a.autocast,
+                                        max_dec=a.dec + 16,
+                                        max_ex=a.ctx + a.dec + 32))
+    rows = []
+    srv = VLLMServer(d, env=ts.plugin_env(cfg), extra_args=("--api-key", ts.API_KEY), log_path=root / "server.log")
+    with srv:
+        print(f"  server healthy after {srv.startup_seconds:.0f} s (log {srv.log_path})", file=sys.stderr)
+        for phase in ("idle", "busy"):
+            client = Client(srv).start() if phase == "busy" else None
+            serve_alone = None
+            if client:
+                time.sleep(5)  # warm
+                t0 = time.monotonic()
+                time.sleep(30)
+                serve_alone = client.tokens_between(t0, time.monotonic()) / (time.monotonic() - t0)
+            st0 = ts.status(srv)
+            examples = [{"context": tok.decode(c), "decision": tok.decode(dd), "eos": False}
+                        for b in batches(a, tok) for c, dd in b]
+            code, out = ts.request(srv, "POST", "/v1/training/examples", {"examples": examples})
+            assert code == 202, out
+            rss_base, rss_peak = _worker_rss(srv), 0
+            first = last = None  # (status, monotonic time) after the warm-up step and after the last step
+            deadline = time.monotonic() + 1800
+            while last is None:
+                rss_peak = max(rss_peak, _worker_rss(srv))
+                st = ts.status(srv)
+                now = time.monotonic()
+                if first is None and st["step"] >= st0["step"] + 1:
+                    first = (st, now)
+                if st["step"] >= st0["step"] + a.steps + 1:
+                    last = (st, now)
+                if now > deadline:
+                    raise SystemExit(f"server training did not finish: {st}")
+                time.sleep(0.05)
+            if client:
+                client.stop()
+            (s1, t1), (s2, t2) = first, last
+            steps = s2["step"] - s1["step"]
+            train_s = s2["train_seconds"] - s1["train_seconds"]
+            row = {"mode": f"server-{phase}", "s_per_step": train_s / steps,
+                   "trained_tok_s": (s2["train_tokens"] - s1["train_tokens"]) / train_s,
+                   "wall_share": train_s / (t2 - t1), "wall_s_per_step": (t2 - t1) / steps,
+                   "optimizer_state_bytes": s2["optimizer_state_bytes"], "peak_extra_rss": rss_peak - rss_base,
+                   "profile_s_per_step": {k: round((v - s1["profile_s"].get(k, 0.0)) / steps, 3)
+                                          for k, v in s2["profile_s"].items()},
+                   "lock_acquisitions_per_step": (s2["lock_acquisitions"] - s1["lock_acquisitions"]) / steps,
+                   "training_cpus": s2.get("cpus"), "training_threads": s2.get("threads")}
+            row["all_tok_s"] = row["trained_tok_s"] * (a.ctx + a.dec) / a.dec
+            if client:
+                row["serving_tok_s_alone"] = serve_alone
+                row["serving_tok_s_training"] = client.tokens_between(t1, t2) / (t2 - t1)
+                row["client_failures"] = client.failed
+            rows.append(row)
+            print(f"  server-{phase}: done", file=sys.stderr)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m-instruct")
@@ -146,7 +293,8 @@ def main() -> None:
     ap.add_argument("--dec", type=int, default=64)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--rank", type=int, default=256)
-    ap.add_argument("--modes", default="ours,ours-nonatomic,torch-adamw")
+    ap.add_argument("--autocast", choices=("off", "bf16"), default="off")
+    ap.add_argument("--modes", default="ours,ours-nonatomic,torch-adamw,server")
     ap.add_argument("--mode", help=argparse.SUPPRESS)  # internal: one mode in this process
     a = ap.parse_args()
     if a.mode:
@@ -154,13 +302,16 @@ def main() -> None:
         return
     rows = []
     for mode in a.modes.split(","):
+        if mode == "server":
+            rows += run_server(a)
+            continue
         argv = [sys.executable, __file__, "--mode", mode] + [
-            f"--{k}={getattr(a, k)}" for k in ("model", "threads", "batch", "ctx", "dec", "steps", "rank")]
+            f"--{k}={getattr(a, k)}" for k in ("model", "threads", "batch", "ctx", "dec", "steps", "rank", "autocast")]
         out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(f"  {mode}: done", file=sys.stderr)
     print(f"model {a.model}, {a.threads} threads, batch {a.batch} x ({a.ctx} context + {a.dec} trained tokens), "
-          f"median of {a.steps} steps after one warm-up, Apollo rank {a.rank}")
+          f"median of {a.steps} steps after one warm-up, Apollo rank {a.rank}, autocast {a.autocast}")
     print(f"{'mode':16s} {'s/step':>7s} {'trained tok/s':>14s} {'all tok/s':>10s} {'opt state MB':>13s} "
           f"{'peak extra RSS MB':>18s}")
     for r in rows:
@@ -168,6 +319,18 @@ def main() -> None:
               f"{r['optimizer_state_bytes'] / 1e6:13.1f} {r['peak_extra_rss'] / 1e6:18.1f}")
     by = {r["mode"]: r for r in rows}
     ref = by.get("torch-adamw")
+    offline = by.get("ours")
+    for mode in ("server-idle", "server-busy"):
+        if mode in by:
+            r = by[mode]
+            line = (f"{mode}: training thread {r['trained_tok_s']:.1f} trained tok/s"
+                    + (f" = {r['trained_tok_s'] / offline['trained_tok_s']:.2f}x ours offline" if offline else "")
+                    + f", {100 * r['wall_share']:.0f}% of wall time")
+            if "serving_tok_s_alone" in r:
+                line += (f"; serving {r['serving_tok_s_training']:.1f} tok/s while training vs "
+                         f"{r['serving_tok_s_alone']:.1f} alone = {r['serving_tok_s_training'] / r['serving_tok_s_alone']:.2f}x"
+                         f" ({r['client_failures']} failed requests)")
+            print(line)
     for mode in ("ours", "ours-nonatomic"):
         if ref and mode in by:
             r = by[mode]
@@ -176,7 +339,9 @@ def main() -> None:
                   f"{r['peak_extra_rss'] / ref['peak_extra_rss']:.2f}x peak extra RSS")
     for r in rows:
         extra = {k: v for k, v in r.items() if k in ("undo_bytes_peak", "activation_bytes_peak", "batched", "fused",
-                                                     "profile_ms_per_step")}
+                                                     "profile_ms_per_step", "profile_s_per_step",
+                                                     "lock_acquisitions_per_step", "training_cpus",
+                                                     "training_threads")}
         if extra:
             print(f"{r['mode']}: {extra}")
 
