@@ -142,3 +142,31 @@ def test_trainer_widens_only_while_serving_is_idle(tmp_path):
     finally:
         tr.stop()
         torch.set_num_threads(n0)
+
+
+def test_threads_apply_although_vllm_disables_torch_set_num_threads(monkeypatch):
+    """vLLM's CPU worker replaces torch.set_num_threads with a no-op; the trainer's threads must
+    still take effect (they did not: the trainer ran on one thread in every server)."""
+    import torch
+
+    if len(cpus.machine_cpus()) < 2:
+        pytest.skip("needs 2 CPUs")
+    n0 = torch.get_num_threads()
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # what vLLM's cpu_worker does
+    seen = {}
+
+    def child():
+        torch._C.set_num_threads(1)  # the worker's own binding: OMP_NUM_THREADS=1 on a 2-core machine
+        plan = cpus.TrainingCpus("all", "all", threads=2)
+        plan.spawn_team()
+        seen["team"], seen["n"] = plan.team, plan.apply(True)
+        seen["torch"] = torch.get_num_threads()
+        cpus.set_torch_threads(1)
+
+    try:
+        t = threading.Thread(target=child)
+        t.start()
+        t.join()
+    finally:
+        torch._C.set_num_threads(n0)
+    assert seen["n"] == 2 and seen["torch"] == 2 and len(seen["team"]) >= 1

@@ -682,9 +682,10 @@ class Trainer:
         self.cpu_plan = cpus.TrainingCpus(self.cfg.cpus, self.cfg.idle_cpus, self.cfg.threads)
         self.cpu_plan.spawn_team()
         self._place_cpus()
+        self.stats["omp_team"] = len(self.cpu_plan.team)
         log.info("plasticity: training thread on CPUs %s with %d threads, %s while serving is idle "
-                 "(serving pinned to %s)", sorted(self.cpu_plan.narrow), self.cpu_plan.n_narrow, sorted(self.cpu_plan.wide),
-                 sorted(self.cpu_plan.serving))
+                 "(serving pinned to %s; OpenMP team threads %s)", sorted(self.cpu_plan.narrow), self.cpu_plan.n_narrow,
+                 sorted(self.cpu_plan.wide), sorted(self.cpu_plan.serving), self.cpu_plan.team)
         try:
             self._eval()
         except Exception as e:  # noqa: BLE001

@@ -127,17 +127,15 @@ class TrainingCpus:
         if n < 2:
             return
         before = _tasks()
-        torch.set_num_threads(n)
+        set_torch_threads(n)
         torch.ones(1 << 22).add_(1.0)  # one parallel region with n threads
         self.team = sorted(_tasks() - before)
 
     def apply(self, wide: bool) -> int:
         """Move the training thread and its team; returns the thread count to use now."""
-        import torch
-
         mask, n = (self.wide, self.n_wide) if wide else (self.narrow, self.n_narrow)
         self._pin([threading.get_native_id(), *self.team], mask)
-        torch.set_num_threads(n)
+        set_torch_threads(n)
         self.is_wide = wide
         return n
 
@@ -148,6 +146,18 @@ class TrainingCpus:
                 os.sched_setaffinity(tid, mask)
             except OSError:
                 pass  # a thread that ended, or a cpuset we cannot enter: keep what it has
+
+
+def set_torch_threads(n: int) -> None:
+    """torch's intra-op threads for the calling thread. vLLM's CPU worker replaces
+    ``torch.set_num_threads`` with a no-op after binding its own threads, so inside the server the
+    public call left the trainer on one thread whatever ``threads`` said. The original,
+    ``torch._C.set_num_threads``, sets the calling thread's OpenMP thread count (MKL's
+    thread-locally); serving's threads keep theirs."""
+    import torch
+
+    setter = getattr(torch._C, "set_num_threads", None) or torch.set_num_threads
+    setter(int(n))
 
 
 def _tasks() -> set[int]:
