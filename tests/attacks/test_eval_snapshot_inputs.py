@@ -78,3 +78,12 @@ def test_bad_snapshot_exit_2_nothing_written(case, tmp_path, capsys):
     assert _cli(argv) == 2
     assert msg in capsys.readouterr().err
     assert (snap / "meta.json").read_bytes() == meta_before and not out.exists()
+
+
+@pytest.mark.parametrize("name", ["a/../b", "a?x=1", "a b", "base", ".x"])
+def test_server_snapshot_name_must_be_whole(name):
+    # the name check matched a prefix only ("a/../b" passed as "a"); it is the server's fullmatch rule now
+    from plasticity.eval.snapshot import ServerSnapshot, SnapshotEvalError
+
+    with pytest.raises(SnapshotEvalError, match="not a snapshot name"):
+        ServerSnapshot("http://127.0.0.1:9", name, None)

@@ -23,9 +23,10 @@ import os
 import urllib.parse
 from pathlib import Path
 
+from plasticity.taskvec.snapshot_folder import META_FILE, NAME_RULE, TV_FILE, is_snapshot_name
+
 from . import behaviour as bh
 
-TV_FILE, META_FILE = "task_vector.safetensors", "meta.json"
 
 
 class SnapshotEvalError(ValueError):
@@ -69,10 +70,8 @@ def attached_tests(meta: dict) -> tuple[list[str], str | None]:
 
 class ServerSnapshot:
     def __init__(self, url: str, name: str, api_key: str | None):
-        from plasticity.training.snapshots import NAME_RE
-
-        if not isinstance(name, str) or not NAME_RE.match(name) or name == "base":
-            raise SnapshotEvalError(f"--snapshot {name!r}: not a snapshot name (letters, digits, '.', '_', '-')")
+        if not is_snapshot_name(name):
+            raise SnapshotEvalError(f"--snapshot {name!r}: not a snapshot name ({NAME_RULE})")
         self.base, self.name, self.api_key = bh._base_url(url), name, api_key
         self._path = "/v1/snapshots/" + urllib.parse.quote(name, safe="")
 

@@ -5,10 +5,12 @@
     plasticity snapshot show NAME                      GET  /v1/snapshots/NAME
     plasticity snapshot rollback base|NAME             POST /v1/rollback
     plasticity snapshot apply --method M NAME...       POST /v1/snapshots/apply
+    plasticity snapshot export NAME --lora ...         (offline) a PEFT LoRA adapter folder
 
-Every command takes ``--server URL`` and ``--api-key`` (default ``$PLASTICITY_API_KEY``). The
-server checks every argument before it changes a weight; its 4xx message is printed and the
-command exits 2.
+Every server command takes ``--server URL`` and ``--api-key`` (default ``$PLASTICITY_API_KEY``).
+The server checks every argument before it changes a weight; its 4xx message is printed and the
+command exits 2. ``export`` reads the snapshot folder on disk (``--snapshot-dir``) and needs no
+server; a refused export also exits 2 and writes nothing.
 """
 
 from __future__ import annotations
@@ -51,6 +53,25 @@ def add_parser(sub) -> None:
                    help="divide by the sum of weights (mergekit's default: true for ties, false for task arithmetic)")
     p.add_argument("--relative-to", default=None, metavar="R",
                    help="merge relative to snapshot R: live := base + tau_R + merge(tau_i - tau_R)")
+    p = ssub.add_parser("export", help="write a snapshot's task vector as a PEFT LoRA adapter (truncated SVD)",
+                        description="Each trained matrix's delta becomes lora_B @ lora_A, its truncated SVD, with "
+                                    "its own rank. The report (printed, and export_report.json in the folder) gives "
+                                    "the rank and relative Frobenius error per matrix and overall.")
+    p.add_argument("name")
+    p.add_argument("--lora", action="store_true", required=True, help="the export format (the only one today)")
+    p.add_argument("--snapshot-dir", required=True, help="the server's [training] snapshot_dir")
+    p.add_argument("-o", "--output", required=True, help="adapter folder to create (must not exist)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--rank", type=int, default=None, help="the same rank for every matrix, 1..min(out, in)")
+    how.add_argument("--energy", type=float, default=None,
+                     help="per matrix, the fewest directions keeping this share of ||delta||^2, in (0, 1] "
+                          "(default 0.99)")
+    p.add_argument("--max-rank", type=int, default=None, help="cap on every matrix's rank")
+    p.add_argument("--max-left-out", type=float, default=None,
+                   help="refuse when tensors LoRA cannot carry (norms, embeddings) hold more than this share of "
+                        "the delta's norm (default 0.05)")
+    p.add_argument("--model", default=None,
+                   help="the base model folder (default: the one the snapshot records); every tensor must match it")
     sn.set_defaults(func=run)
 
 
@@ -103,9 +124,32 @@ def _finite(body: dict) -> dict:
     return body
 
 
+def run_export(args: argparse.Namespace) -> int:
+    from .lora import DEFAULT_MAX_LEFT_OUT, LoraExportError, RankChoice, export_snapshot
+
+    energy = args.energy if args.energy is not None or args.rank is not None else 0.99
+    try:
+        choice = RankChoice(rank=args.rank, energy=energy, max_rank=args.max_rank,
+                            max_left_out=DEFAULT_MAX_LEFT_OUT if args.max_left_out is None else args.max_left_out)
+        report = export_snapshot(args.snapshot_dir, args.name, args.output, choice, model_dir=args.model)
+    except LoraExportError as e:
+        print(f"plasticity snapshot export: {e}", file=sys.stderr)
+        return 2
+    short = {k: report[k] for k in ("snapshot", "out", "rel_error", "rel_error_lora_modules", "left_out_share",
+                                    "ranks", "adapter_params", "seconds")}
+    short["left_out"] = [x["name"] for x in report["left_out"]]
+    short["unchanged"] = len(report["unchanged"])
+    short["worst_modules"] = [{k: m[k] for k in ("name", "rank", "rel_error")}
+                              for m in sorted(report["modules"], key=lambda m: -m["rel_error"])[:5]]
+    print(json.dumps(short, indent=1))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from ..eval.behaviour import EvalHTTPError, _http_json
 
+    if args.snapshot_cmd == "export":
+        return run_export(args)
     try:
         path, body = _body(args)
         out = _http_json(args.server.rstrip("/") + path, body, api_key=args.api_key, timeout=args.timeout)

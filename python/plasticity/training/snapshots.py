@@ -31,7 +31,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import time
 from pathlib import Path
@@ -41,14 +40,13 @@ import torch
 from plasticity.numbers import NumberError, parse_float
 from plasticity.taskvec.files import SafetensorsFile, SafetensorsWriter, TaskVectorError
 from plasticity.taskvec.merge import add_delta_, delta_of, roundtrip_report, task_arithmetic, ties
+from plasticity.taskvec.snapshot_folder import META_FILE, NAME_RULE, TV_FILE, is_snapshot_name
 
 log = logging.getLogger("vllm.plasticity.training")
 
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", re.ASCII)  # always with fullmatch
 DEFAULT_MAX_NORM_GROWTH = 2.0
 MAX_EVAL_BYTES, MAX_EVALS = 64 << 10, 64  # eval reports kept in meta.json
 _KEEP_BYTES = 512 << 20  # planned tensors kept between the check and the write; beyond: recomputed
-TV_FILE, META_FILE = "task_vector.safetensors", "meta.json"
 # delta dtype per weight dtype: wide enough for an exact base + τ round trip
 _WIDE = {torch.float32: torch.float64, torch.bfloat16: torch.float32, torch.float16: torch.float32}
 
@@ -129,8 +127,8 @@ class Snapshots:
 
     # ---- folder ----
     def _dir(self, name: str) -> Path:
-        if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name == "base":
-            raise SnapshotError(f"bad snapshot name {name!r}: letters, digits, '.', '_', '-' (≤ 64), not 'base'")
+        if not is_snapshot_name(name):
+            raise SnapshotError(f"bad snapshot name {name!r}: {NAME_RULE}")
         return self.root / name
 
     def meta(self, name: str) -> dict:

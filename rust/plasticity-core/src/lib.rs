@@ -6,12 +6,14 @@
 //!   to for 1-D and small tensors.
 //! - [`rng`]: counter-based Gaussian numbers, so projections are regenerated
 //!   from a seed on any device instead of stored.
+//! - [`lowrank`]: truncated SVD of a weight delta into LoRA factors.
 //! - [`element`]: weight dtypes and (stochastic) rounding.
 //! - [`steering`]: per-token steering-vector addition into the residual stream.
 
 pub mod apollo;
 pub mod element;
 pub mod error;
+pub mod lowrank;
 pub mod merge;
 pub mod rng;
 pub mod steering;

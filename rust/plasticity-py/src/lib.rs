@@ -5,6 +5,7 @@
 //! `python/plasticity/`.
 
 mod apollo;
+mod lowrank;
 mod merge;
 mod queue;
 mod steering;
@@ -28,6 +29,7 @@ fn _plasticity(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(merge::tv_task_arithmetic, m)?)?;
     m.add_function(wrap_pyfunction!(merge::tv_ties, m)?)?;
     m.add_function(wrap_pyfunction!(merge::tv_pair_stats, m)?)?;
+    m.add_function(wrap_pyfunction!(lowrank::lowrank_factors, m)?)?;
     m.add_class::<merge::TvGlobalSelect>()?;
     m.add_function(wrap_pyfunction!(merge::tv_paper_keep_count, m)?)?;
     m.add_function(wrap_pyfunction!(merge::tv_paper_sign_sum, m)?)?;
