@@ -576,13 +576,15 @@ class Trainer:
                 del st[k]
 
     # ---- control: work that must not interleave with a step (snapshots, rollback, merges) ----
-    def submit(self, fn) -> str:
-        """Run ``fn()`` on the training thread between steps; returns a job id for :meth:`job`."""
+    def submit(self, fn, changes_weights: bool = True) -> str:
+        """Run ``fn()`` on the training thread between steps; returns a job id for :meth:`job`.
+        ``changes_weights=False`` (a snapshot save, a LoRA build) keeps the weights version, so
+        cached K/V and adapters built for these weights stay valid."""
         jid = uuid.uuid4().hex
         self.jobs[jid] = {"done": False}
         while len(self.jobs) > 256:
             self.jobs.pop(next(iter(self.jobs)))
-        self.control.put((jid, fn))
+        self.control.put((jid, fn, changes_weights))
         return jid
 
     def job(self, jid: str) -> dict:
@@ -591,15 +593,17 @@ class Trainer:
     def _run_control(self) -> None:
         while True:
             try:
-                jid, fn = self.control.get_nowait()
+                jid, fn, changes_weights = self.control.get_nowait()
             except queue_mod.Empty:
                 return
             try:
                 result = fn()
-                self._bump()  # a control job may have changed the live weights (rollback, merge)
+                if changes_weights:
+                    self._bump()  # a rollback or merge changed the live weights
                 self.jobs[jid] = {"done": True, "ok": True, "result": result}
             except Exception as e:  # noqa: BLE001 - reported to the caller
-                self._bump()
+                if changes_weights:
+                    self._bump()  # a half-done rollback or merge may have written some tensors
                 code = getattr(e, "code", None)
                 if code is None:
                     log.exception("plasticity: control job failed")
