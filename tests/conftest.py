@@ -76,6 +76,8 @@ def _server_group(item) -> tuple:
         return (4, str(params.get("vllm_server", "")))
     if "train_server" in names:
         return (5, "")
+    if "lora_server" in names:  # its main test and its attack cases share one server
+        return (7, "")
     if "vllm_servers" in names:
         return (6, item.module.__name__)
     return (0, "")
@@ -181,5 +183,27 @@ def train_server(vllm_servers, tmp_path_factory, train_root):
     srv = _steering_server(vllm_servers, tmp_path_factory, ("train-qwen3",), env, extra_args=("--api-key", ts.API_KEY))
     srv.served_model_name = srv.model
     srv.train_root = root
+    return srv
+
+
+LORA_SLOTS, LORA_RANK = 2, 64
+
+
+@pytest.fixture
+def lora_server(vllm_servers, tmp_path_factory):
+    """qwen3-tiny with training and [snapshots] serve_max: snapshots served per request as LoRA adapters."""
+    import training_support as ts
+
+    key = ("lora-qwen3",)
+    if vllm_servers.current and vllm_servers.current[0] == key:
+        return vllm_servers.current[1]
+    root = tmp_path_factory.mktemp("lora")
+    cfg = ts.write_config(root, snapshot_dir=str(root / "snapshots"))
+    cfg.write_text(cfg.read_text() + f"\n[snapshots]\nserve_max = {LORA_SLOTS}\nserve_max_rank = {LORA_RANK}\n")
+    env = {**ts.plugin_env(cfg), "VLLM_SERVER_DEV_MODE": "1"}
+    srv = _steering_server(vllm_servers, tmp_path_factory, key, env, extra_args=(
+        "--api-key", ts.API_KEY, "--enable-lora", "--max-loras", str(LORA_SLOTS + 1), "--max-lora-rank", str(LORA_RANK)))
+    srv.served_model_name = srv.model
+    srv.root = root
     return srv
 # ---- end of plasticity online-training fixtures ----

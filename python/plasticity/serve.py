@@ -57,6 +57,21 @@ def split_args(argv: list[str]) -> tuple[str | None, str | None, list[str]]:
     return model, config, rest
 
 
+def lora_args(config: str | None, rest: list[str]) -> list[str]:
+    """vLLM's LoRA options for ``[snapshots] serve_max`` (snapshots served as adapters), unless given."""
+    from plasticity.training.config import load_snapshots
+
+    try:
+        sc = load_snapshots(config) if config else None
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"plasticity serve: {e}") from None
+    if sc is None or sc.serve_max == 0 or any(a == "--enable-lora" or a.startswith("--enable-lora=") for a in rest):
+        return []
+    # one slot more than served: vLLM CPU's LoRA ops read base tokens' slot index -1 as the last slot
+    # (see server/adapter_routes.py, ``usable_slots``), so that slot must stay empty
+    return ["--enable-lora", "--max-loras", str(sc.serve_max + 1), "--max-lora-rank", str(sc.serve_max_rank)]
+
+
 def main(argv: list[str]) -> int:
     model, config, rest = split_args(argv)
     if model is None and "--model" not in rest and not any(a.startswith("--model=") for a in rest):
@@ -65,6 +80,6 @@ def main(argv: list[str]) -> int:
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
     if model is not None:
         cmd += ["--model", model]
-    cmd += rest
+    cmd += lora_args(env.get("PLASTICITY_CONFIG"), rest) + rest
     os.execve(sys.executable, cmd, env)
     return 0  # not reached

@@ -81,3 +81,12 @@ def loads(raw: bytes | str, what: str = "body"):
     if depth(doc) > MAX_DEPTH:
         raise BodyError(f"{what}: JSON nested deeper than {MAX_DEPTH} levels")
     return doc
+
+
+async def json_object(request) -> dict | None:
+    """A request's body as a JSON object, or None when it is not one (malformed, too deep, a list)."""
+    try:
+        doc = loads(await request.body())
+    except BodyError:
+        return None
+    return doc if isinstance(doc, dict) else None

@@ -114,11 +114,12 @@ async def _answer(send, code: int, payload: bytes) -> None:
 
 class PlasticityMiddleware:
     def __init__(self, app, get_catalogue, get_key=lambda: None, get_weights_version=lambda: None,
-                 max_body: int = MAX_BODY):
+                 max_body: int = MAX_BODY, refuse_model=lambda doc: None):
         self.app = app
         self.get_catalogue = get_catalogue
         self.get_key = get_key
         self.get_weights_version = get_weights_version
+        self.refuse_model = refuse_model  # doc -> why the model it names cannot serve now (409), or None
         self.max_body = max_body
 
     async def __call__(self, scope, receive, send):
@@ -139,6 +140,8 @@ class PlasticityMiddleware:
                 if "nested deeper" in str(e):
                     return await _answer(send, 400, error_body(e, 400))
                 doc = None  # vLLM answers malformed JSON itself
+            if doc is not None and (why := self.refuse_model(doc)) is not None:
+                return await _answer(send, 409, error_body(why, 409, param="model"))
             if doc is not None:
                 catalogue = self.get_catalogue()
                 try:

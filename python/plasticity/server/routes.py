@@ -153,7 +153,8 @@ class PlasticityEndpoints:
         app.include_router(r)
         app.add_middleware(PlasticityMiddleware, get_catalogue=lambda: plugin.catalogue,
                            get_key=lambda: plugin.request_key,
-                           get_weights_version=plugin.training.weights_version)
+                           get_weights_version=plugin.training.weights_version,
+                           refuse_model=plugin.training.adapters.refusal)
         self.app = app
         from . import capture
 

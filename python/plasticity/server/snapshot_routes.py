@@ -9,6 +9,8 @@
                                          ``"weights"?, "lambda"?, "density"?, "normalize"?, "relative_to"?}``
                                          (live = base + merge; with ``relative_to`` R: base + τR + merge(τi − τR))
 - ``POST /v1/rollback``                  ``{"to": "base" | name}`` (bit-identical)
+- ``POST|DELETE /v1/snapshots/{name}/serve``  a snapshot served per request as a LoRA adapter
+                                         (``server/adapter_routes.py``)
 
 Each operation runs in the worker on the training thread between two steps (serving
 continues); the route polls the job and answers with its result or a 4xx naming the problem.
@@ -23,9 +25,9 @@ import time
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
+from plasticity.http.body import json_object
 from plasticity.http.errors import error_response as _err
 
-from .training_routes import json_object
 
 log = logging.getLogger("vllm.plasticity.training")  # under vllm.* so vLLM's handlers print it
 
@@ -52,22 +54,28 @@ async def _forget_cached_kv(engine, tries: int = 20) -> bool:
 
 
 
+async def run_job(plugin, op: str, args: dict) -> tuple[dict | None, JSONResponse | None]:
+    """Run snapshot operation ``op`` on the worker's training thread: (result, None) or (None, error)."""
+    res = (await plugin.engine.collective_rpc("plasticity_tv_submit", args=(op, args)))[0]
+    if not res.get("ok"):
+        return None, _err(res.get("error", "snapshot operation failed"), 400)
+    jid, t0 = res["job"], time.monotonic()
+    while time.monotonic() - t0 < JOB_TIMEOUT_S:
+        job = (await plugin.engine.collective_rpc("plasticity_tv_job", args=(jid,)))[0]["job"]
+        if job.get("done"):
+            if job.get("ok"):
+                if op in WEIGHT_OPS:
+                    await _forget_cached_kv(plugin.engine)
+                return job["result"], None
+            return None, _err(job.get("error", "failed"), int(job.get("code") or 500))
+        await asyncio.sleep(0.05)
+    return None, _err(f"snapshot operation {op} did not finish in {JOB_TIMEOUT_S} s (job {jid})", 504)
+
+
 def attach(r, plugin) -> None:
     async def run(op: str, args: dict, ok_code: int = 200):
-        res = (await plugin.engine.collective_rpc("plasticity_tv_submit", args=(op, args)))[0]
-        if not res.get("ok"):
-            return _err(res.get("error", "snapshot operation failed"), 400)
-        jid, t0 = res["job"], time.monotonic()
-        while time.monotonic() - t0 < JOB_TIMEOUT_S:
-            job = (await plugin.engine.collective_rpc("plasticity_tv_job", args=(jid,)))[0]["job"]
-            if job.get("done"):
-                if job.get("ok"):
-                    if op in WEIGHT_OPS:
-                        await _forget_cached_kv(plugin.engine)
-                    return JSONResponse(job["result"], status_code=ok_code)
-                return _err(job.get("error", "failed"), int(job.get("code") or 500))
-            await asyncio.sleep(0.05)
-        return _err(f"snapshot operation {op} did not finish in {JOB_TIMEOUT_S} s (job {jid})", 504)
+        result, error = await run_job(plugin, op, args)
+        return error if error is not None else JSONResponse(result, status_code=ok_code)
 
     @r.get("/v1/snapshots")
     async def list_snapshots(request: Request):
@@ -75,6 +83,7 @@ def attach(r, plugin) -> None:
             return g
         res = (await plugin.engine.collective_rpc("plasticity_tv_list"))[0]
         res.pop("ok", None)
+        res["served"] = plugin.adapters.describe()
         return res
 
     @r.post("/v1/snapshots")

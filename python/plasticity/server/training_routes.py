@@ -28,7 +28,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from plasticity.http import auth
-from plasticity.http.body import MAX_BODY, BodyError, loads
+from plasticity.http.body import MAX_BODY, BodyError, json_object, loads
 from plasticity.http.errors import error_response as _err
 from plasticity.http.errors import private_dir
 from plasticity.training import config as training_config
@@ -36,15 +36,6 @@ from plasticity.training.core import Journal
 
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}", re.ASCII)
 log = logging.getLogger("vllm.plasticity.training")
-
-
-async def json_object(request: Request) -> dict | None:
-    """The request body as a JSON object, or None when it is not one (malformed, too deep, a list)."""
-    try:
-        doc = loads(await request.body())
-    except BodyError:
-        return None
-    return doc if isinstance(doc, dict) else None
 
 
 class ExampleError(ValueError):
@@ -61,13 +52,18 @@ class TrainingRoutes:
         self.tok = None
         self.journal = Journal(self.cfg.journal) if (self.cfg.enabled and self.cfg.journal) else None
         self.known_ids: set[str] = set()
-        self.version = None  # reads the live weights' version (prefix-cache salt), once training runs  # every id in the journal: a repeat is refused (409)
+        self.version = None  # reads the live weights' version (prefix-cache salt), once training runs
         self.accepted = 0
         for d in (self.cfg.journal, self.cfg.snapshot_dir, self.cfg.checkpoint_dir, self.cfg.source):
             private_dir(d.parent if d is not None and d.suffix else d)
         self.lock = asyncio.Lock()
         self.metrics = None
         self._poll = None
+        from .adapter_routes import ServedAdapters
+
+        self.adapters = ServedAdapters(training_config.load_snapshots(self.cfg.source), self.weights_version)
+        self.lora_enabled = False  # vLLM started with --enable-lora (set with the engine)
+        self.lora_slots = 0  # vLLM's --max-loras
 
     def _guard(self, request: Request) -> JSONResponse | None:
         if not self.cfg.enabled:
@@ -242,6 +238,9 @@ class TrainingRoutes:
         from . import snapshot_routes
 
         snapshot_routes.attach(r, plugin)
+        from . import adapter_routes
+
+        adapter_routes.attach(r, plugin)
         from plasticity.dream import server as dream_server
 
         dream_server.attach(r, plugin)
@@ -277,6 +276,8 @@ class TrainingRoutes:
 
     async def init_state(self, engine_client, args, tokens) -> None:
         self.tokens = tokens
+        self.lora_enabled = bool(getattr(args, "enable_lora", False))
+        self.lora_slots = int(getattr(args, "max_loras", 0) or 0)
         if not self.cfg.enabled or engine_client is None:
             return
         from transformers import AutoTokenizer

@@ -117,10 +117,13 @@ def _floats(raw: bytes, rows: int, cols: int) -> torch.Tensor:
 
 
 def build_adapter(shapes: Mapping[str, Sequence[int]], delta: Callable[[str], torch.Tensor], choice: RankChoice,
-                  base_model: str = "", workers: int = 2) -> Adapter:
+                  base_model: str = "", workers: int = 2, allow_empty: bool = False) -> Adapter:
     """Factor every LoRA-able delta; ``delta(name)`` gives the float64/float32 CPU delta of ``name``.
 
     ``workers`` matrices are factored at once, at most ``2·workers`` deltas in memory.
+    ``allow_empty``: a delta that is zero everywhere gives a valid adapter that adds nothing
+    (one rank-1 zero factor pair) instead of an error; serving a snapshot equal to the live
+    weights needs it.
     """
     choice.check()
     t0 = time.time()
@@ -182,7 +185,13 @@ def build_adapter(shapes: Mapping[str, Sequence[int]], delta: Callable[[str], to
         raise LoraExportError(f"{len(left_out)} tensors LoRA cannot carry hold {left_share:.1%} of the delta's norm "
                               f"(max_left_out {choice.max_left_out:.1%}; largest: {biggest})", 422)
     if not ranks:
-        raise LoraExportError("the delta is zero on every matrix LoRA can carry: there is no adapter to export", 422)
+        first = next((n for n in names if lora_module(n, shapes[n]) is not None), None)
+        if not allow_empty or first is None:
+            raise LoraExportError("the delta is zero on every matrix LoRA can carry: there is no adapter to export", 422)
+        module, (rows, cols) = lora_module(first, shapes[first]), shapes[first]
+        tensors[f"{PEFT_PREFIX}{module}.lora_A.weight"] = torch.zeros(1, cols)
+        tensors[f"{PEFT_PREFIX}{module}.lora_B.weight"] = torch.zeros(rows, 1)
+        ranks[module] = 1
     top = max(ranks.values())
     config = {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,

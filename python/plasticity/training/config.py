@@ -219,3 +219,46 @@ def load(path: str | os.PathLike | None = None) -> TrainingConfig:
     with open(p, "rb") as f:
         doc = tomllib.load(f)
     return from_dict(doc.get("training", {}), base=p.parent, source=p)
+
+
+# ---- [snapshots]: snapshots served per request as LoRA adapters ----
+LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed --max-lora-rank values (1 is useless here)
+
+
+@dataclass(frozen=True)
+class SnapshotsConfig:
+    """``[snapshots]``: ``serve_max`` adapters at once (0 = off), each of rank ≤ ``serve_max_rank``.
+
+    ``plasticity serve`` turns on vLLM's LoRA (``--enable-lora --max-loras serve_max
+    --max-lora-rank serve_max_rank``) when ``serve_max`` > 0.
+    """
+
+    serve_max: int = 0
+    serve_max_rank: int = 64
+    serve_energy: float = 0.99  # default share of each delta's energy an adapter keeps
+
+
+def snapshots_from_dict(sec: dict, where="config") -> SnapshotsConfig:
+    if not isinstance(sec, dict):
+        raise ValueError(f"{where}: [snapshots] must be a table")
+    extra = set(sec) - {"serve_max", "serve_max_rank", "serve_energy"}
+    if extra:
+        raise ValueError(f"{where}: unknown [snapshots] keys {sorted(extra)}")
+    n, r, e = sec.get("serve_max", 0), sec.get("serve_max_rank", 64), sec.get("serve_energy", 0.99)
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 64:
+        raise ValueError(f"{where}: snapshots.serve_max must be an integer in [0, 64], got {n!r}")
+    if isinstance(r, bool) or r not in LORA_RANKS:
+        raise ValueError(f"{where}: snapshots.serve_max_rank must be one of {list(LORA_RANKS)}, got {r!r}")
+    if isinstance(e, bool) or not isinstance(e, (int, float)) or not 0 < e <= 1:
+        raise ValueError(f"{where}: snapshots.serve_energy must be in (0, 1], got {e!r}")
+    return SnapshotsConfig(serve_max=n, serve_max_rank=r, serve_energy=float(e))
+
+
+def load_snapshots(path: str | os.PathLike | None = None) -> SnapshotsConfig:
+    path = path or os.environ.get(ENV)
+    if not path:
+        return SnapshotsConfig()
+    p = Path(path).expanduser().resolve()
+    with open(p, "rb") as f:
+        doc = tomllib.load(f)
+    return snapshots_from_dict(doc.get("snapshots", {}), where=p)

@@ -46,6 +46,7 @@ log = logging.getLogger("vllm.plasticity.training")
 
 DEFAULT_MAX_NORM_GROWTH = 2.0
 MAX_EVAL_BYTES, MAX_EVALS = 64 << 10, 64  # eval reports kept in meta.json
+SERVED_DIR = ".served"  # <snapshot_dir>/.served/<name>-<version>: adapters loaded into vLLM
 _KEEP_BYTES = 512 << 20  # planned tensors kept between the check and the write; beyond: recomputed
 # delta dtype per weight dtype: wide enough for an exact base + τ round trip
 _WIDE = {torch.float32: torch.float64, torch.bfloat16: torch.float32, torch.float16: torch.float32}
@@ -121,6 +122,8 @@ class Snapshots:
         self.root.mkdir(parents=True, exist_ok=True)
         for stale in self.root.glob(".tmp-*"):  # a crash mid-write: never renamed into place
             shutil.rmtree(stale, ignore_errors=True)
+        # adapters served by an earlier run were relative to its live weights: never valid again
+        shutil.rmtree(self.root / SERVED_DIR, ignore_errors=True)
         self.params, self.base, self.lock, self.fp, self.model_path = params, base, lock, fp, model_path
         self.max_norm_growth = DEFAULT_MAX_NORM_GROWTH  # an edit may grow no tensor's norm more than this
         self.current: str | None = None  # the snapshot the live weights were last set to / saved as
@@ -253,6 +256,32 @@ class Snapshots:
                 kept_bytes += new.numel() * new.element_size()
         for n in names:
             self._write_live(n, kept.pop(n) if n in kept else compute(n).to(self.params[n].dtype))
+
+    # ---- a snapshot as a LoRA adapter over the live weights ----
+    def lora_from_live(self, name: str, choice, out: Path) -> dict:
+        """Write at ``out`` a LoRA adapter that turns the live weights into snapshot ``name``.
+
+        Per tensor the exact delta is (what a rollback to ``name`` would write) − live, in float64,
+        factored by the Rust core (:mod:`plasticity.taskvec.lora`). Runs on the training thread
+        between steps, so the live weights cannot change while it reads them."""
+        from plasticity.taskvec.lora import LoraExportError, build_adapter, write_adapter
+
+        f = self._open(name)
+
+        def delta(n):
+            target = self.base.get(n, self.params[n])
+            if n in f.tensors:
+                add_delta_(target, f.get(n))
+            return target.double() - self.params[n].detach().double()
+
+        try:
+            adapter = build_adapter({n: tuple(p.shape) for n, p in self.params.items()}, delta, choice,
+                                    base_model=self.model_path, allow_empty=True)
+            write_adapter(adapter, out, {"snapshot": name, "relative_to": "live weights",
+                                         "model_fingerprint": self.fp})
+        except LoraExportError as e:
+            raise SnapshotError(str(e), e.code) from None
+        return adapter.report
 
     def restore(self, name: str | None) -> dict:
         """Live weights := base (+ τ of ``name``), bit-identical to the state that was saved."""

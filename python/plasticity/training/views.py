@@ -96,6 +96,10 @@ def _find_live(live: dict, name: str):
                  "model.language_model." + name.removeprefix("model.")):
         if cand in live:
             return cand
+        # with --enable-lora vLLM wraps each linear layer and keeps its weight in `base_layer`
+        mod, _, pname = cand.rpartition(".")
+        if mod and f"{mod}.base_layer.{pname}" in live:
+            return f"{mod}.base_layer.{pname}"
     return None
 
 

@@ -115,7 +115,7 @@ class _State:
             if self.trainer.stats.get("checkpoint_step") is not None:
                 # the live weights are a restored checkpoint, not the base: make them the reference
                 self.trainer.submit(lambda: self.save_snapshot(
-                    f"auto-step-{self.trainer.stats['step']}-{int(time.time())}", {"auto": "guard reference"}))
+                    f"auto-step-{self.trainer.stats['step']}-{int(time.time())}", {"auto": "guard reference"}), changes_weights=False)
         self.trainer.start()
         log.info("plasticity: online training started: %d trainable tensors (%d params), %d examples recovered",
                  len(trainable), sum(p.numel() for p in self.trainer.params), self.recovered)
@@ -161,6 +161,42 @@ class _State:
                                    spec.get("density"), spec.get("normalize"), spec.get("relative_to"))
         self.trainer.reset_optimizer()
         return res
+
+    def serve_lora(self, args):
+        """Build the adapter that serves snapshot ``args["name"]`` beside the live weights (see
+        server/snapshot_routes.py); returns its folder, report and the weights version it is for."""
+        from plasticity.taskvec.lora import DEFAULT_MAX_LEFT_OUT, LoraExportError, RankChoice
+        from plasticity.taskvec.snapshot_folder import NAME_RULE, is_snapshot_name
+        from plasticity.training.config import load_snapshots
+        from plasticity.training.snapshots import SERVED_DIR, SnapshotError
+
+        sc = load_snapshots()
+        name = args.get("name")
+        if not is_snapshot_name(name):
+            raise SnapshotError(f"bad snapshot name {name!r}: {NAME_RULE}")
+        rank, energy = args.get("rank"), args.get("energy")
+        cap = args.get("max_rank", sc.serve_max_rank)
+        if isinstance(cap, int) and not isinstance(cap, bool) and cap > sc.serve_max_rank:
+            raise SnapshotError(f"max_rank {cap} is above the server's slot rank serve_max_rank = "
+                                f"{sc.serve_max_rank}", 422)
+        if isinstance(rank, int) and not isinstance(rank, bool) and rank > sc.serve_max_rank:
+            raise SnapshotError(f"rank {rank} is above the server's slot rank serve_max_rank = "
+                                f"{sc.serve_max_rank}", 422)
+        choice = RankChoice(rank=rank, energy=sc.serve_energy if rank is None and energy is None else energy,
+                            max_rank=cap, max_left_out=args.get("max_left_out", DEFAULT_MAX_LEFT_OUT))
+        try:
+            choice.check()
+        except LoraExportError as e:
+            raise SnapshotError(str(e), 422) from None
+        v = self.trainer.version
+        version = f"{v.epoch:x}.{v.count}" if v is not None else "0.0"
+        out = self.snaps.root / SERVED_DIR / f"{name}-{version}-{time.time_ns()}"
+        out.parent.mkdir(exist_ok=True)
+        report = self.snaps.lora_from_live(name, choice, out)
+        keep = ("rel_error", "rel_error_lora_modules", "ranks", "adapter_params", "left_out_share", "seconds",
+                "choice")
+        return {"path": str(out), "weights_version": version, **{k: report[k] for k in keep},
+                "left_out": [x["name"] for x in report["left_out"]]}
 
 
 def _state(worker, start=False):
@@ -316,10 +352,11 @@ def _tv_submit(st, op, args=None):
         "restore": lambda: st.restore_snapshot(args.get("to")),
         "apply": lambda: st.apply(args),
         "annotate": lambda: st.snaps.add_eval(args.get("name"), args.get("eval")),
+        "lora": lambda: st.serve_lora(args),
     }
     if op not in fns:
         raise ValueError(f"unknown snapshot operation {op!r}")
-    return {"job": st.trainer.submit(fns[op])}
+    return {"job": st.trainer.submit(fns[op], changes_weights=op in ("restore", "apply"))}
 
 
 def _tv_job(st, jid):
