@@ -99,6 +99,9 @@ class Apollo(torch.optim.Optimizer):
         self._workspace = _rs.Workspace(threads or torch.get_num_threads(), cache_projection)
         self.fused = fused
         self.skipped = 0  # parameter steps skipped for a non-finite gradient
+        self.reduced_bytes = 0  # bytes this rank put into tensor-parallel sums (see shard())
+        self._groups: dict[int, Any] = {}  # id(p) -> the process group of a sharded p
+        self._scratch: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._hooks: list[Any] = []
         # Seeds depend only on a parameter's position, so they survive
         # state_dict round trips and are the same in every process.
@@ -115,7 +118,32 @@ class Apollo(torch.optim.Optimizer):
     def uses_apollo(self, p: torch.Tensor, group: dict | None = None) -> bool:
         """Whether ``p`` is stepped by Apollo (else by plain AdamW)."""
         group = group or self._group_of(p)
-        return bool(group["apollo"]) and p.dim() == 2 and min(p.shape) > int(group["rank"])
+        shape = self.state[p]["shard"]["global_shape"] if "shard" in self.state[p] else tuple(p.shape)
+        return bool(group["apollo"]) and p.dim() == 2 and min(shape) > int(group["rank"])
+
+    def shard(self, p: torch.Tensor, *, axis: str, offset: int, global_shape: tuple[int, int],
+              group: Any = None) -> None:
+        """Declare ``p`` one tensor-parallel rank's block of a ``global_shape`` matrix: rows
+        ``offset…`` (``axis="rows"``, a column-parallel layer) or columns (``"cols"``, row-parallel).
+
+        Its steps then equal the whole matrix's Apollo step (up to the order of the sums): every
+        rank of ``group`` (a ``torch.distributed`` process group; None = the default group) must
+        step it in the same order with the same state. Apollo sums R over the group only when
+        the shard cuts the compressed dimension, else a few scalars; ``reduced_bytes`` counts
+        what this rank put into those sums. AdamW parameters (1-D, small) need no sums: their
+        update is elementwise."""
+        if axis not in ("rows", "cols"):
+            raise ValueError(f"axis must be 'rows' or 'cols', got {axis!r}")
+        gm, gn = (int(x) for x in global_shape)
+        m, n = p.shape if p.dim() == 2 else (0, 0)
+        along, whole, across, whole_across = (m, gm, n, gn) if axis == "rows" else (n, gn, m, gm)
+        if p.dim() != 2 or across != whole_across or offset < 0 or offset + along > whole:
+            raise ValueError(f"a {tuple(p.shape)} block at {axis} offset {offset} is not a shard of a "
+                             f"{gm}×{gn} matrix")
+        if "step" in self.state[p]:
+            raise ValueError("declare shards before the first step")
+        self.state[p]["shard"] = {"axis": axis, "offset": int(offset), "global_shape": (gm, gn)}
+        self._groups[id(p)] = group
 
     def state_bytes(self) -> int:
         """Bytes of optimizer state tensors (moments) over all parameters."""
@@ -209,7 +237,12 @@ class Apollo(torch.optim.Optimizer):
             workspace=self._workspace,
         )
         step = int(st.get("step", 0))
-        if self.uses_apollo(p, group):
+        if self.uses_apollo(p, group) and "shard" in st:
+            applied, new_step, prev_norm, limiter = self._step_shard(p, grad, st, group, common)
+            if applied:
+                st["prev_norm"] = prev_norm
+                st["limiter"] = limiter
+        elif self.uses_apollo(p, group):
             rank = int(group["rank"])
             m, n = p.shape
             shape = (m, rank) if m >= n else (rank, n)
@@ -254,6 +287,44 @@ class Apollo(torch.optim.Optimizer):
             st["skipped"] = int(st.get("skipped", 0)) + 1
             log.warning("Apollo: non-finite gradient for a %s parameter; step skipped, weight unchanged",
                         tuple(p.shape))
+
+
+    def _step_shard(self, p, grad, st, group, common):
+        """One Apollo step on a tensor-parallel shard (see :meth:`shard`)."""
+        import torch.distributed as dist
+
+        sh, rank = st["shard"], int(group["rank"])
+        gm, gn = sh["global_shape"]
+        m, n = p.shape
+        shape = (m, rank) if gm >= gn else (rank, n)  # the whole matrix's side
+        if "exp_avg" not in st:
+            st["exp_avg"] = torch.zeros(shape, dtype=torch.float32, device=p.device)
+            st["exp_avg_sq"] = torch.zeros(shape, dtype=torch.float32, device=p.device)
+        if id(p) not in self._scratch:
+            channels = m if gm >= gn else n
+            self._scratch[id(p)] = (torch.zeros(rank * channels, dtype=torch.float32),
+                                    torch.zeros(max(channels, 4), dtype=torch.float64))
+        s32, s64 = self._scratch[id(p)]
+        pg = self._groups.get(id(p))
+
+        def all_reduce(kind: str, count: int) -> None:
+            buf = (s32 if kind == "f32" else s64)[:count]
+            self.reduced_bytes += buf.numel() * buf.element_size()
+            dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=pg)
+
+        applied, new_step, prev_norm, limiter, _ = _rs.apollo_step_sharded(
+            p, grad, st["exp_avg"], st["exp_avg_sq"],
+            axis=sh["axis"], offset=sh["offset"], global_shape=(gm, gn), all_reduce=all_reduce,
+            scratch_f32=s32, scratch_f64=s64,
+            step=int(st.get("step", 0)), seed=int(st["seed"]), prev_norm=st.get("prev_norm"), rank=rank,
+            scale_type=group["scale_type"],
+            alpha=None if group["alpha"] is None else float(group["alpha"]),
+            update_proj_gap=int(group["update_proj_gap"]),
+            norm_growth_limit=None if group["norm_growth_limit"] is None else float(group["norm_growth_limit"]),
+            projection_precision=group["projection_precision"],
+            **common,
+        )
+        return applied, new_step, prev_norm, limiter
 
 
 def _check_group(group: dict) -> None:

@@ -13,7 +13,7 @@ fn main() {
         .num_threads(threads)
         .build()
         .unwrap();
-    let geo = Geometry { m, n, rank: r };
+    let geo = Geometry::new(m, n, r);
     let mut w = vec![0.01f32; m * n];
     let mut g = vec![0f32; m * n];
     plasticity_core::rng::fill_normal(3, 1.0, &mut g);

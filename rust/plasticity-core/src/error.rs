@@ -7,6 +7,10 @@ pub enum CoreError {
     Shape(String),
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A sum over tensor-parallel ranks failed. The one exception to the rule above: when
+    /// it fails after the moments were updated, the moments have advanced (no weight has).
+    #[error("collective failed: {0}")]
+    Collective(String),
 }
 
 pub type Result<T> = std::result::Result<T, CoreError>;

@@ -11,7 +11,7 @@ use pyo3::prelude::*;
 
 use crate::tensor::{require_disjoint, SendPtr, TensorView};
 
-fn core_err(e: plasticity_core::CoreError) -> PyErr {
+pub(crate) fn core_err(e: plasticity_core::CoreError) -> PyErr {
     PyValueError::new_err(e.to_string())
 }
 
@@ -21,8 +21,8 @@ fn core_err(e: plasticity_core::CoreError) -> PyErr {
 /// never competes with another pool for the same cores by accident.
 #[pyclass(module = "plasticity._plasticity")]
 pub struct Workspace {
-    inner: std::sync::Mutex<apollo::Workspace>,
-    pool: rayon::ThreadPool,
+    pub(crate) inner: std::sync::Mutex<apollo::Workspace>,
+    pub(crate) pool: rayon::ThreadPool,
 }
 
 #[pymethods]
@@ -68,7 +68,7 @@ impl Workspace {
     }
 }
 
-fn parse_scale_type(s: &str) -> PyResult<ScaleType> {
+pub(crate) fn parse_scale_type(s: &str) -> PyResult<ScaleType> {
     match s {
         "channel" => Ok(ScaleType::Channel),
         "tensor" => Ok(ScaleType::Tensor),
@@ -78,7 +78,7 @@ fn parse_scale_type(s: &str) -> PyResult<ScaleType> {
     }
 }
 
-fn parse_precision(s: &str) -> PyResult<ProjectionPrecision> {
+pub(crate) fn parse_precision(s: &str) -> PyResult<ProjectionPrecision> {
     match s {
         "auto" => Ok(ProjectionPrecision::Auto),
         "f32" | "float32" => Ok(ProjectionPrecision::F32),
@@ -89,7 +89,7 @@ fn parse_precision(s: &str) -> PyResult<ProjectionPrecision> {
     }
 }
 
-fn outcome_tuple(out: StepOutcome) -> (bool, f32, bool) {
+pub(crate) fn outcome_tuple(out: StepOutcome) -> (bool, f32, bool) {
     match out {
         StepOutcome::Applied {
             limiter, refreshed, ..
@@ -168,7 +168,7 @@ pub fn apollo_step(
     }
     g.require_dtype(w.dtype)?;
     g.require_shape(&w.shape)?;
-    let geo = Geometry { m, n, rank };
+    let geo = Geometry::new(m, n, rank);
     let (a, b) = geo.moment_shape();
     for v in [&m1, &m2] {
         v.require_dtype(DType::F32)?;

@@ -5,6 +5,7 @@
 //! `python/plasticity/`.
 
 mod apollo;
+mod apollo_sharded;
 mod lowrank;
 mod merge;
 mod queue;
@@ -19,6 +20,8 @@ fn _plasticity(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<apollo::Workspace>()?;
     m.add_function(wrap_pyfunction!(apollo::apollo_step, m)?)?;
     m.add_function(wrap_pyfunction!(apollo::adamw_step, m)?)?;
+    m.add_function(wrap_pyfunction!(apollo_sharded::apollo_step_sharded, m)?)?;
+    m.add_function(wrap_pyfunction!(apollo_sharded::apollo_shard_reduced_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(apollo::fill_projection, m)?)?;
     m.add_function(wrap_pyfunction!(apollo::bf16_projection_available, m)?)?;
     m.add_function(wrap_pyfunction!(steering::steering_add_, m)?)?;

@@ -18,6 +18,7 @@
 
 pub mod bf16_gemm;
 mod passes;
+pub mod sharded;
 
 use crate::element::Element;
 use crate::error::{CoreError, Result};
@@ -225,23 +226,40 @@ pub struct Geometry {
     pub m: usize,
     pub n: usize,
     pub rank: usize,
+    /// A shard of a larger matrix keeps the whole matrix's side, whatever its own shape
+    /// (see [`sharded`]); None: the side follows m and n.
+    pub(crate) forced: Option<Side>,
 }
 
 impl Geometry {
-    pub(crate) fn side(&self) -> Side {
-        if self.m >= self.n {
-            Side::Right
-        } else {
-            Side::Left
+    pub fn new(m: usize, n: usize, rank: usize) -> Self {
+        Self {
+            m,
+            n,
+            rank,
+            forced: None,
         }
     }
-    /// The compressed dimension d = min(m, n).
-    pub fn compressed(&self) -> usize {
-        self.m.min(self.n)
+    pub(crate) fn side(&self) -> Side {
+        match self.forced {
+            Some(side) => side,
+            None if self.m >= self.n => Side::Right,
+            None => Side::Left,
+        }
     }
-    /// Number of channels = max(m, n).
+    /// The compressed dimension d: min(m, n) unless the side is forced.
+    pub fn compressed(&self) -> usize {
+        match self.side() {
+            Side::Right => self.n,
+            Side::Left => self.m,
+        }
+    }
+    /// Number of channels: max(m, n) unless the side is forced.
     pub fn channels(&self) -> usize {
-        self.m.max(self.n)
+        match self.side() {
+            Side::Right => self.m,
+            Side::Left => self.n,
+        }
     }
     /// Elements in each moment buffer: r·max(m, n).
     pub fn moment_len(&self) -> usize {
@@ -337,6 +355,49 @@ pub fn generate_projection(seed: u64, period: u64, rank: usize, d: usize, out: &
     passes::fill_normal_parallel(s, std, out);
 }
 
+/// Whether pass 1 takes the bf16 kernel (it needs an even inner dimension).
+fn use_bf16_projection<T: Element>(cfg: &ApolloConfig, geo: &Geometry) -> bool {
+    geo.compressed() % 2 == 0
+        && bf16_gemm::available()
+        && match cfg.projection_precision {
+            ProjectionPrecision::F32 => false,
+            ProjectionPrecision::Bf16 => true,
+            ProjectionPrecision::Auto => T::DTYPE != crate::element::DType::F32,
+        }
+}
+
+/// The per-channel scaling factors from Σ N² and Σ R² (Channel), or one shared factor
+/// from their totals (Tensor).
+fn scaling(scale_type: ScaleType, nsq: &[f64], rsq: &[f64], totals: Option<(f64, f64)>, scale: &mut [f32]) {
+    match scale_type {
+        ScaleType::Channel => {
+            for ((s, &a), &b) in scale.iter_mut().zip(nsq.iter()).zip(rsq.iter()) {
+                *s = (a.sqrt() / (b.sqrt() + 1e-8)) as f32;
+            }
+        }
+        ScaleType::Tensor => {
+            let (a, b) = totals.unwrap_or_else(|| (nsq.iter().sum(), rsq.iter().sum()));
+            scale.fill((a.sqrt() / (b.sqrt() + 1e-8)) as f32);
+        }
+    }
+}
+
+/// The norm-growth limiter's divisor L ≥ 1 for an update of norm ‖S‖, updating the state.
+fn limit(gamma: Option<f32>, s_norm: f64, state: &mut MatrixState) -> f32 {
+    let mut limiter = 1.0f32;
+    if let Some(gamma) = gamma {
+        match state.prev_norm {
+            Some(prev) => {
+                let ratio = (s_norm as f32) / (prev + 1e-8);
+                limiter = ratio.max(gamma) / gamma;
+                state.prev_norm = Some((s_norm as f32) / limiter);
+            }
+            None => state.prev_norm = Some(s_norm as f32),
+        }
+    }
+    limiter
+}
+
 fn grow<T: Clone + Default>(v: &mut Vec<T>, len: usize) {
     if v.len() < len {
         v.resize(len, T::default());
@@ -364,11 +425,7 @@ pub fn apollo_step<T: Element>(
     ws: &mut Workspace,
 ) -> Result<StepOutcome> {
     cfg.validate()?;
-    let geo = Geometry {
-        m,
-        n,
-        rank: cfg.rank,
-    };
+    let geo = Geometry::new(m, n, cfg.rank);
     if m == 0 || n == 0 {
         return Err(CoreError::Shape(format!("empty matrix {m}×{n}")));
     }
@@ -434,14 +491,7 @@ pub fn apollo_step<T: Element>(
     grow(&mut ws.gsq, geo.channels());
     let r = &mut ws.r[..geo.moment_len()];
     let gsq = &mut ws.gsq[..geo.channels()];
-    let k_even = if m >= n { n % 2 == 0 } else { m % 2 == 0 };
-    let use_bf16 = k_even
-        && bf16_gemm::available()
-        && match cfg.projection_precision {
-            ProjectionPrecision::F32 => false,
-            ProjectionPrecision::Bf16 => true,
-            ProjectionPrecision::Auto => T::DTYPE != crate::element::DType::F32,
-        };
+    let use_bf16 = use_bf16_projection::<T>(cfg, &geo);
     passes::project(
         &geo,
         g,
@@ -470,18 +520,7 @@ pub fn apollo_step<T: Element>(
     let adam = cfg.adam();
     passes::moments(&geo, &adam, r, exp_avg, exp_avg_sq, nsq, rsq, threads);
     let scale = &mut ws.scale[..ch];
-    match cfg.scale_type {
-        ScaleType::Channel => {
-            for ((s, &a), &b) in scale.iter_mut().zip(nsq.iter()).zip(rsq.iter()) {
-                *s = (a.sqrt() / (b.sqrt() + 1e-8)) as f32;
-            }
-        }
-        ScaleType::Tensor => {
-            let a: f64 = nsq.iter().sum();
-            let b: f64 = rsq.iter().sum();
-            scale.fill((a.sqrt() / (b.sqrt() + 1e-8)) as f32);
-        }
-    }
+    scaling(cfg.scale_type, nsq, rsq, None, scale);
 
     // Norm of S = G·diag(s) without forming it.
     let s_norm: f64 = scale
@@ -490,17 +529,7 @@ pub fn apollo_step<T: Element>(
         .map(|(&s, &q)| (s as f64) * (s as f64) * q)
         .sum::<f64>()
         .sqrt();
-    let mut limiter = 1.0f32;
-    if let Some(gamma) = cfg.norm_growth_limit {
-        match state.prev_norm {
-            Some(prev) => {
-                let ratio = (s_norm as f32) / (prev + 1e-8);
-                limiter = ratio.max(gamma) / gamma;
-                state.prev_norm = Some((s_norm as f32) / limiter);
-            }
-            None => state.prev_norm = Some(s_norm as f32),
-        }
-    }
+    let limiter = limit(cfg.norm_growth_limit, s_norm, state);
 
     state.step = t + 1;
     let step_size = adam.step_size(state.step) as f32;

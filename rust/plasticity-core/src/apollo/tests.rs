@@ -146,7 +146,7 @@ fn rel_err(a: &[f32], b: &[f32]) -> f64 {
 }
 
 fn run_against_reference(m: usize, n: usize, c: ApolloConfig, steps: usize, threads: usize) {
-    let geo = Geometry { m, n, rank: c.rank };
+    let geo = Geometry::new(m, n, c.rank);
     let w0 = randn(1, m * n, 0.5);
     let mut w = w0.clone();
     let mut wr = w0.clone();
@@ -230,7 +230,7 @@ fn parallel_matches_reference() {
 }
 
 fn one_step(m: usize, n: usize, c: &ApolloConfig, w: &mut [f32], g: &[f32]) -> StepOutcome {
-    let geo = Geometry { m, n, rank: c.rank };
+    let geo = Geometry::new(m, n, c.rank);
     let (mut m1, mut m2) = (vec![0f32; geo.moment_len()], vec![0f32; geo.moment_len()]);
     let mut st = MatrixState::default();
     apollo_step(
@@ -318,7 +318,7 @@ fn projection_refreshes_on_schedule() {
     let (m, n) = (16, 8);
     let mut c = cfg(4, ScaleType::Channel);
     c.update_proj_gap = 3;
-    let geo = Geometry { m, n, rank: 4 };
+    let geo = Geometry::new(m, n, 4);
     let mut w = randn(1, m * n, 1.0);
     let (mut m1, mut m2) = (vec![0f32; geo.moment_len()], vec![0f32; geo.moment_len()]);
     let mut st = MatrixState {
@@ -387,7 +387,7 @@ fn projection_refreshes_on_schedule() {
 fn projection_cache_gives_identical_results() {
     let (m, n) = (40, 24);
     let c = cfg(6, ScaleType::Channel);
-    let geo = Geometry { m, n, rank: 6 };
+    let geo = Geometry::new(m, n, 6);
     let run = |cache: bool| {
         let mut ws = Workspace::new(1);
         ws.set_projection_cache(cache);
@@ -418,7 +418,7 @@ fn limiter_caps_norm_growth() {
     let (m, n) = (16, 16);
     let mut c = cfg(4, ScaleType::Tensor);
     c.correct_bias = false; // constant step size, so ‖ΔW‖ ∝ ‖S‖/L directly
-    let geo = Geometry { m, n, rank: 4 };
+    let geo = Geometry::new(m, n, 4);
     let mut w = vec![0f32; m * n];
     let (mut m1, mut m2) = (vec![0f32; geo.moment_len()], vec![0f32; geo.moment_len()]);
     let mut st = MatrixState::default();
@@ -467,7 +467,7 @@ fn non_finite_gradient_never_lands() {
     for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
         for (m, n) in [(12, 6), (6, 12)] {
             let c = cfg(3, ScaleType::Channel);
-            let geo = Geometry { m, n, rank: 3 };
+            let geo = Geometry::new(m, n, 3);
             let mut w = randn(1, m * n, 1.0);
             let (mut m1, mut m2) = (vec![0f32; geo.moment_len()], vec![0f32; geo.moment_len()]);
             let mut st = MatrixState {
@@ -570,7 +570,7 @@ fn bf16_weights_track_f32() {
         projection_precision: ProjectionPrecision::F32,
         ..cfg(4, ScaleType::Channel)
     };
-    let geo = Geometry { m, n, rank: 4 };
+    let geo = Geometry::new(m, n, 4);
     // Weights of LLM scale (std 0.05): a bf16 ulp is far below the update.
     let w0 = randn(1, m * n, 0.05);
     let mut w32 = w0
@@ -665,21 +665,12 @@ fn shape_errors_write_nothing() {
 
 #[test]
 fn state_size_is_two_r_d() {
-    let geo = Geometry {
-        m: 4096,
-        n: 1024,
-        rank: 256,
-    };
+    let geo = Geometry::new(4096, 1024, 256);
     assert_eq!(geo.moment_len(), 256 * 4096);
     assert_eq!(geo.projection_len(), 256 * 1024);
     assert_eq!(geo.moment_shape(), (4096, 256));
     assert_eq!(
-        Geometry {
-            m: 1024,
-            n: 4096,
-            rank: 256
-        }
-        .moment_shape(),
+        Geometry::new(1024, 4096, 256).moment_shape(),
         (256, 4096)
     );
 }
@@ -696,7 +687,7 @@ fn bf16_projection_stays_close_to_f32() {
                 projection_precision: prec,
                 ..cfg(16, ScaleType::Channel)
             };
-            let geo = Geometry { m, n, rank: 16 };
+            let geo = Geometry::new(m, n, 16);
             let w0 = randn(1, m * n, 0.05);
             let mut w = w0.clone();
             let (mut m1, mut m2) = (vec![0f32; geo.moment_len()], vec![0f32; geo.moment_len()]);

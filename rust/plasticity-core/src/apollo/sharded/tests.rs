@@ -1,0 +1,334 @@
+//! Shards stepped on threads that sum through a shared buffer (a stand-in for a
+//! process group) against the whole matrix stepped by `apollo_step`.
+
+use std::sync::{Arc, Barrier, Mutex};
+
+use super::super::{apollo_step, ApolloConfig, MatrixState, ScaleType, StepOutcome, Workspace};
+use super::*;
+use crate::rng;
+
+/// k ranks summing in rank order, like a ring all-reduce without its reordering.
+struct Group {
+    barrier: Barrier,
+    slots: Mutex<Vec<Vec<f64>>>,
+}
+
+struct Member {
+    group: Arc<Group>,
+    rank: usize,
+    sent: usize,
+}
+
+impl Member {
+    fn sum(&mut self, vals: Vec<f64>) -> Vec<f64> {
+        self.group.slots.lock().unwrap()[self.rank] = vals;
+        self.group.barrier.wait();
+        let total = {
+            let slots = self.group.slots.lock().unwrap();
+            let mut t = vec![0f64; slots[0].len()];
+            for s in slots.iter() {
+                t.iter_mut().zip(s).for_each(|(a, b)| *a += b);
+            }
+            t
+        };
+        self.group.barrier.wait();
+        total
+    }
+}
+
+impl Collective for Member {
+    fn sum_f32(&mut self, buf: &mut [f32]) -> Result<()> {
+        let t = self.sum(buf.iter().map(|&x| x as f64).collect());
+        self.sent += 4 * buf.len();
+        buf.iter_mut().zip(t).for_each(|(a, b)| *a = b as f32);
+        Ok(())
+    }
+    fn sum_f64(&mut self, buf: &mut [f64]) -> Result<()> {
+        let t = self.sum(buf.to_vec());
+        self.sent += 8 * buf.len();
+        buf.copy_from_slice(&t);
+        Ok(())
+    }
+}
+
+fn randn(seed: u64, len: usize, std: f32) -> Vec<f32> {
+    let mut v = vec![0f32; len];
+    rng::fill_normal(seed, std, &mut v);
+    v
+}
+
+fn cfg(rank: usize, scale_type: ScaleType) -> ApolloConfig {
+    ApolloConfig {
+        lr: 1e-2,
+        rank,
+        scale_type,
+        update_proj_gap: 10, // 5 refreshes in 50 steps
+        weight_decay: 0.01,
+        norm_growth_limit: Some(1.01),
+        projection_precision: super::super::ProjectionPrecision::F32,
+        ..Default::default()
+    }
+}
+
+/// Rows or columns `lo..hi` of a row-major m×n matrix.
+fn block(x: &[f32], m: usize, n: usize, axis: ShardAxis, lo: usize, hi: usize) -> Vec<f32> {
+    match axis {
+        ShardAxis::Rows => x[lo * n..hi * n].to_vec(),
+        ShardAxis::Cols => (0..m).flat_map(|i| x[i * n + lo..i * n + hi].iter().copied()).collect(),
+    }
+}
+
+/// The gradient of step t: random, with a jump at step 20 so the limiter fires.
+fn grad(t: u64, m: usize, n: usize) -> Vec<f32> {
+    let g = randn(1000 + t, m * n, if t >= 20 { 3.0 } else { 1.0 });
+    g.iter().enumerate().map(|(i, &x)| x + 0.2 * ((i % 7) as f32)).collect()
+}
+
+/// Runs `steps` steps whole and in `splits` shards; returns (relative error of the
+/// update, limiter fired, bytes reduced per step per rank).
+fn compare(m: usize, n: usize, axis: ShardAxis, splits: &[usize], c: &ApolloConfig, steps: u64) -> (f64, bool, usize) {
+    let seed = 77;
+    let w0 = randn(5, m * n, 0.5);
+    let mut whole = w0.clone();
+    let geo = Geometry::new(m, n, c.rank);
+    let (mut m1, mut m2) = (vec![0f32; geo.moment_len()], vec![0f32; geo.moment_len()]);
+    let mut st = MatrixState {
+        seed,
+        ..Default::default()
+    };
+    let mut ws = Workspace::new(1);
+    let mut fired = false;
+    for t in 0..steps {
+        let out = apollo_step(
+            c,
+            m,
+            n,
+            &mut whole,
+            &grad(t, m, n),
+            &mut m1,
+            &mut m2,
+            &mut st,
+            None,
+            &mut ws,
+        )
+        .unwrap();
+        if let StepOutcome::Applied { limiter, .. } = out {
+            fired |= limiter > 1.0;
+        }
+    }
+
+    let k = splits.len() - 1;
+    let group = Arc::new(Group {
+        barrier: Barrier::new(k),
+        slots: Mutex::new(vec![Vec::new(); k]),
+    });
+    let handles: Vec<_> = (0..k)
+        .map(|rank| {
+            let (group, c, w0) = (group.clone(), c.clone(), w0.clone());
+            let (lo, hi) = (splits[rank], splits[rank + 1]);
+            std::thread::spawn(move || {
+                let shard = Shard {
+                    axis,
+                    offset: lo,
+                    global_m: m,
+                    global_n: n,
+                };
+                let (lm, ln) = match axis {
+                    ShardAxis::Rows => (hi - lo, n),
+                    ShardAxis::Cols => (m, hi - lo),
+                };
+                let local = shard.local(lm, ln, c.rank);
+                let mut w = block(&w0, m, n, axis, lo, hi);
+                let (mut m1, mut m2) = (vec![0f32; local.moment_len()], vec![0f32; local.moment_len()]);
+                let mut st = MatrixState {
+                    seed,
+                    ..Default::default()
+                };
+                let mut ws = Workspace::new(1);
+                let mut me = Member { group, rank, sent: 0 };
+                for t in 0..steps {
+                    let g = block(&grad(t, m, n), m, n, axis, lo, hi);
+                    apollo_step_sharded(
+                        &c, &shard, lm, ln, &mut w, &g, &mut m1, &mut m2, &mut st, &mut me, &mut ws,
+                    )
+                    .unwrap();
+                }
+                assert_eq!(me.sent as u64, steps * shard.reduced_bytes(lm, ln, c.rank) as u64);
+                (w, me.sent / steps as usize)
+            })
+        })
+        .collect();
+    let parts: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let mut err = 0f64;
+    let mut upd = 0f64;
+    for (rank, (w, _)) in parts.iter().enumerate() {
+        let (lo, hi) = (splits[rank], splits[rank + 1]);
+        let want = block(&whole, m, n, axis, lo, hi);
+        let start = block(&w0, m, n, axis, lo, hi);
+        for ((&a, &b), &s) in w.iter().zip(&want).zip(&start) {
+            err += ((a - b) as f64).powi(2);
+            upd += ((b - s) as f64).powi(2);
+        }
+    }
+    ((err / upd).sqrt(), fired, parts[0].1)
+}
+
+#[test]
+fn one_step_on_shards_equals_the_whole_step() {
+    for (m, n) in [(48, 20), (20, 48), (32, 32)] {
+        for axis in [ShardAxis::Rows, ShardAxis::Cols] {
+            let along = if axis == ShardAxis::Rows { m } else { n };
+            let (e, _, _) = compare(m, n, axis, &[0, along / 2, along], &cfg(4, ScaleType::Channel), 1);
+            assert!(e < 1e-5, "{m}×{n} {axis:?}: relative error {e}");
+        }
+    }
+}
+
+#[test]
+fn fifty_steps_with_refreshes_and_the_limiter_stay_exact() {
+    for (m, n) in [(48, 20), (20, 48)] {
+        for axis in [ShardAxis::Rows, ShardAxis::Cols] {
+            let along = if axis == ShardAxis::Rows { m } else { n };
+            for (c, splits) in [
+                (cfg(4, ScaleType::Channel), vec![0, along / 2, along]),
+                (cfg(4, ScaleType::Channel), vec![0, 5, along / 2 + 1, along]), // uneven, 3 ranks
+                (cfg(1, ScaleType::Tensor), vec![0, along / 2, along]),         // Apollo-Mini
+            ] {
+                let (e, fired, _) = compare(m, n, axis, &splits, &c, 50);
+                assert!(
+                    fired,
+                    "{m}×{n} {axis:?}: the limiter never fired, the test would not cover it"
+                );
+                assert!(
+                    e < 1e-5,
+                    "{m}×{n} {axis:?} rank {} splits {splits:?}: relative error {e}",
+                    c.rank
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn communication_is_scalars_or_one_r_sized_sum() {
+    // tall 48×20: channels are rows. A row block keeps its channels (5 f64 scalars);
+    // a column block cuts d, so R (48 × r f32) and the 48 row norms (f64) are summed.
+    let c = cfg(4, ScaleType::Channel);
+    let (_, _, rows) = compare(48, 20, ShardAxis::Rows, &[0, 24, 48], &c, 3);
+    let (_, _, cols) = compare(48, 20, ShardAxis::Cols, &[0, 10, 20], &c, 3);
+    assert_eq!(rows, 40);
+    assert_eq!(cols, 4 * 48 * 4 + 8 * 48);
+}
+
+#[test]
+fn a_non_finite_shard_stops_every_rank() {
+    for axis in [ShardAxis::Rows, ShardAxis::Cols] {
+        let (m, n) = (48, 20);
+        let c = cfg(4, ScaleType::Channel);
+        let group = Arc::new(Group {
+            barrier: Barrier::new(2),
+            slots: Mutex::new(vec![Vec::new(); 2]),
+        });
+        let along = if axis == ShardAxis::Rows { m } else { n };
+        let handles: Vec<_> = (0..2)
+            .map(|rank| {
+                let (group, c) = (group.clone(), c.clone());
+                std::thread::spawn(move || {
+                    let (lo, hi) = if rank == 0 { (0, along / 2) } else { (along / 2, along) };
+                    let shard = Shard {
+                        axis,
+                        offset: lo,
+                        global_m: m,
+                        global_n: n,
+                    };
+                    let (lm, ln) = if axis == ShardAxis::Rows {
+                        (hi - lo, n)
+                    } else {
+                        (m, hi - lo)
+                    };
+                    let local = shard.local(lm, ln, 4);
+                    let mut g = vec![0.1f32; lm * ln];
+                    if rank == 1 {
+                        g[3] = f32::NAN;
+                    }
+                    let mut w = vec![1f32; lm * ln];
+                    let (mut m1, mut m2) = (vec![0f32; local.moment_len()], vec![0f32; local.moment_len()]);
+                    let mut st = MatrixState::default();
+                    let mut me = Member { group, rank, sent: 0 };
+                    let out = apollo_step_sharded(
+                        &c,
+                        &shard,
+                        lm,
+                        ln,
+                        &mut w,
+                        &g,
+                        &mut m1,
+                        &mut m2,
+                        &mut st,
+                        &mut me,
+                        &mut Workspace::new(1),
+                    )
+                    .unwrap();
+                    assert_eq!(out, StepOutcome::SkippedNonFinite, "rank {rank} {axis:?}");
+                    assert!(w.iter().all(|&x| x == 1.0) && m1.iter().all(|&x| x == 0.0) && st.step == 0);
+                })
+            })
+            .collect();
+        handles.into_iter().for_each(|h| h.join().unwrap());
+    }
+}
+
+#[test]
+fn a_block_that_is_not_a_shard_is_refused() {
+    let c = cfg(4, ScaleType::Channel);
+    let mut me = Member {
+        group: Arc::new(Group {
+            barrier: Barrier::new(1),
+            slots: Mutex::new(vec![Vec::new()]),
+        }),
+        rank: 0,
+        sent: 0,
+    };
+    let shard = Shard {
+        axis: ShardAxis::Rows,
+        offset: 40,
+        global_m: 48,
+        global_n: 20,
+    };
+    let (mut w, g) = (vec![0f32; 10 * 20], vec![0f32; 10 * 20]);
+    let (mut m1, mut m2) = (vec![0f32; 40], vec![0f32; 40]);
+    let err = apollo_step_sharded(
+        &c,
+        &shard,
+        10,
+        20,
+        &mut w,
+        &g,
+        &mut m1,
+        &mut m2,
+        &mut MatrixState::default(),
+        &mut me,
+        &mut Workspace::new(1),
+    );
+    assert!(err.is_err(), "rows 40..50 of 48 accepted");
+    let shard = Shard {
+        axis: ShardAxis::Cols,
+        offset: 0,
+        global_m: 48,
+        global_n: 20,
+    };
+    let err = apollo_step_sharded(
+        &c,
+        &shard,
+        24,
+        10,
+        &mut w,
+        &g,
+        &mut m1,
+        &mut m2,
+        &mut MatrixState::default(),
+        &mut me,
+        &mut Workspace::new(1),
+    );
+    assert!(err.is_err(), "a column block with half the rows accepted");
+}
