@@ -101,7 +101,6 @@ class Apollo(torch.optim.Optimizer):
         self.skipped = 0  # parameter steps skipped for a non-finite gradient
         self.reduced_bytes = 0  # bytes this rank put into tensor-parallel sums (see shard())
         self._groups: dict[int, Any] = {}  # id(p) -> the process group of a sharded p
-        self._scratch: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._hooks: list[Any] = []
         # Seeds depend only on a parameter's position, so they survive
         # state_dict round trips and are the same in every process.
@@ -142,6 +141,8 @@ class Apollo(torch.optim.Optimizer):
                              f"{gm}×{gn} matrix")
         if "step" in self.state[p]:
             raise ValueError("declare shards before the first step")
+        if self.fused:
+            raise ValueError("a fused Apollo steps each parameter alone; shards are stepped together: use fused=False")
         self.state[p]["shard"] = {"axis": axis, "offset": int(offset), "global_shape": (gm, gn)}
         self._groups[id(p)] = group
 
@@ -181,9 +182,16 @@ class Apollo(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            shards = []
             for p in group["params"]:
-                if p.grad is not None:
+                if p.grad is None:
+                    continue
+                if "shard" in self.state[p] and self.uses_apollo(p, group):
+                    shards.append(p)  # stepped together below: three sums over ranks in all
+                else:
                     self._step_param(p, group)
+            if shards:
+                self._step_shards(shards, group)
         return loss
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -237,12 +245,7 @@ class Apollo(torch.optim.Optimizer):
             workspace=self._workspace,
         )
         step = int(st.get("step", 0))
-        if self.uses_apollo(p, group) and "shard" in st:
-            applied, new_step, prev_norm, limiter = self._step_shard(p, grad, st, group, common)
-            if applied:
-                st["prev_norm"] = prev_norm
-                st["limiter"] = limiter
-        elif self.uses_apollo(p, group):
+        if self.uses_apollo(p, group):
             rank = int(group["rank"])
             m, n = p.shape
             shape = (m, rank) if m >= n else (rank, n)
@@ -289,42 +292,59 @@ class Apollo(torch.optim.Optimizer):
                         tuple(p.shape))
 
 
-    def _step_shard(self, p, grad, st, group, common):
-        """One Apollo step on a tensor-parallel shard (see :meth:`shard`)."""
+    def _step_shards(self, params: list, group: dict) -> None:
+        """One Apollo step on tensor-parallel shards (see :meth:`shard`), one call per dtype;
+        every rank steps the same parameters in the same order."""
         import torch.distributed as dist
 
-        sh, rank = st["shard"], int(group["rank"])
-        gm, gn = sh["global_shape"]
-        m, n = p.shape
-        shape = (m, rank) if gm >= gn else (rank, n)  # the whole matrix's side
-        if "exp_avg" not in st:
-            st["exp_avg"] = torch.zeros(shape, dtype=torch.float32, device=p.device)
-            st["exp_avg_sq"] = torch.zeros(shape, dtype=torch.float32, device=p.device)
-        if id(p) not in self._scratch:
-            channels = m if gm >= gn else n
-            self._scratch[id(p)] = (torch.zeros(rank * channels, dtype=torch.float32),
-                                    torch.zeros(max(channels, 4), dtype=torch.float64))
-        s32, s64 = self._scratch[id(p)]
-        pg = self._groups.get(id(p))
+        rank = int(group["rank"])
+        by_dtype: dict = {}
+        for p in params:
+            by_dtype.setdefault(p.dtype, []).append(p)
+        beta1, beta2 = group["betas"]
+        for dtype in sorted(by_dtype, key=str):
+            batch = by_dtype[dtype]
+            jobs = []
+            for p in batch:
+                st, sh = self.state[p], self.state[p]["shard"]
+                gm, gn = sh["global_shape"]
+                m, n = p.shape
+                if "exp_avg" not in st:
+                    shape = (m, rank) if gm >= gn else (rank, n)  # the whole matrix's side
+                    st["exp_avg"] = torch.zeros(shape, dtype=torch.float32, device=p.device)
+                    st["exp_avg_sq"] = torch.zeros(shape, dtype=torch.float32, device=p.device)
+                grad = p.grad if p.grad.is_contiguous() else p.grad.contiguous()
+                jobs.append((p, grad, st["exp_avg"], st["exp_avg_sq"], sh["axis"], sh["offset"], (gm, gn),
+                             int(st.get("step", 0)), int(st["seed"]), st.get("prev_norm")))
+            pg = self._groups.get(id(batch[0]))
+            if any(self._groups.get(id(p)) is not pg for p in batch):
+                raise ValueError("the shards of one parameter group must share one process group")
 
-        def all_reduce(kind: str, count: int) -> None:
-            buf = (s32 if kind == "f32" else s64)[:count]
-            self.reduced_bytes += buf.numel() * buf.element_size()
-            dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=pg)
+            def all_reduce(kind: str, buf: bytearray, pg=pg) -> None:
+                t = torch.frombuffer(buf, dtype=torch.float32 if kind == "f32" else torch.float64)
+                self.reduced_bytes += len(buf)
+                dist.all_reduce(t, op=dist.ReduceOp.SUM, group=pg)
 
-        applied, new_step, prev_norm, limiter, _ = _rs.apollo_step_sharded(
-            p, grad, st["exp_avg"], st["exp_avg_sq"],
-            axis=sh["axis"], offset=sh["offset"], global_shape=(gm, gn), all_reduce=all_reduce,
-            scratch_f32=s32, scratch_f64=s64,
-            step=int(st.get("step", 0)), seed=int(st["seed"]), prev_norm=st.get("prev_norm"), rank=rank,
-            scale_type=group["scale_type"],
-            alpha=None if group["alpha"] is None else float(group["alpha"]),
-            update_proj_gap=int(group["update_proj_gap"]),
-            norm_growth_limit=None if group["norm_growth_limit"] is None else float(group["norm_growth_limit"]),
-            projection_precision=group["projection_precision"],
-            **common,
-        )
-        return applied, new_step, prev_norm, limiter
+            outs = _rs.apollo_step_sharded(
+                jobs, all_reduce=all_reduce, lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2),
+                eps=float(group["eps"]), weight_decay=float(group["weight_decay"]),
+                correct_bias=bool(group["correct_bias"]), rank=rank, scale_type=group["scale_type"],
+                alpha=None if group["alpha"] is None else float(group["alpha"]),
+                update_proj_gap=int(group["update_proj_gap"]),
+                norm_growth_limit=None if group["norm_growth_limit"] is None else float(group["norm_growth_limit"]),
+                stochastic_rounding=bool(group["stochastic_rounding"]), workspace=self._workspace,
+                projection_precision=group["projection_precision"],
+            )
+            for p, (applied, new_step, prev_norm, limiter, _) in zip(batch, outs):
+                st = self.state[p]
+                st["step"] = new_step
+                if applied:
+                    st["prev_norm"], st["limiter"] = prev_norm, limiter
+                else:
+                    self.skipped += 1
+                    st["skipped"] = int(st.get("skipped", 0)) + 1
+                    log.warning("Apollo: non-finite gradient on some rank for a %s shard; step skipped on every "
+                                "rank", tuple(p.shape))
 
 
 def _check_group(group: dict) -> None:

@@ -1,107 +1,145 @@
-//! Python binding of `apollo::sharded`: the Apollo step on one tensor-parallel
-//! shard, with the sums over ranks done by a Python callable (a
-//! `torch.distributed.all_reduce` on the caller's process group).
+//! Python binding of `apollo::sharded`: the Apollo step on this rank's shards of
+//! several matrices at once, with the sums over ranks done by a Python callable
+//! (a `torch.distributed.all_reduce` on the caller's process group).
 //!
-//! The callable never sees Rust memory: the step copies what must be summed
-//! into two caller-owned scratch tensors (float32 and float64), calls
-//! `all_reduce(kind, n)` with `kind` "f32" or "f64" and the element count, and
-//! copies the sums back. The GIL is released for the math and taken only for
-//! the call.
+//! The callable gets `(kind, buffer)`: "f32" or "f64" and a `bytearray` holding
+//! the values to sum, which it must sum in place (`torch.frombuffer` shares its
+//! memory) and leave the same length. Three calls per step at most, however
+//! many matrices. The GIL is released for the math and taken only for the calls.
 
 use half::{bf16, f16};
-use plasticity_core::apollo::sharded::{self, Collective, Shard, ShardAxis};
-use plasticity_core::{ApolloConfig, CoreError, DType, MatrixState, StepOutcome};
+use plasticity_core::apollo::sharded::{self, Collective, Shard, ShardAxis, ShardJob};
+use plasticity_core::{ApolloConfig, CoreError, DType, Element, MatrixState, StepOutcome};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::types::PyByteArray;
 
 use crate::apollo::{core_err, outcome_tuple, parse_precision, parse_scale_type, Workspace};
-use crate::tensor::{require_disjoint, IndexView, SendPtr, TensorView};
+use crate::tensor::{require_disjoint, SendPtr, TensorView};
 
-/// Sums over ranks through the Python callable and the two scratch buffers.
+/// Sums over ranks through the Python callable.
 struct PyCollective {
     all_reduce: Py<PyAny>,
-    f32_buf: SendPtr,
-    f32_len: usize,
-    f64_buf: SendPtr,
-    f64_len: usize,
 }
 
 impl PyCollective {
-    fn call(&self, kind: &str, n: usize) -> plasticity_core::Result<()> {
-        Python::attach(|py| self.all_reduce.call1(py, (kind, n)).map(|_| ()))
-            .map_err(|e| CoreError::Collective(format!("all_reduce({kind:?}, {n}) raised: {e}")))
+    fn sum<E: bytemuck::Pod>(&self, kind: &str, buf: &mut [E]) -> plasticity_core::Result<()> {
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(buf);
+        Python::attach(|py| -> PyResult<()> {
+            let ba = PyByteArray::new(py, bytes);
+            self.all_reduce.call1(py, (kind, ba.clone()))?;
+            // SAFETY: read while the GIL is held and nothing else runs on the bytearray.
+            let back = unsafe { ba.as_bytes() };
+            if back.len() != bytes.len() {
+                return Err(PyValueError::new_err(format!(
+                    "all_reduce changed the buffer's length from {} to {} bytes",
+                    bytes.len(),
+                    back.len()
+                )));
+            }
+            bytes.copy_from_slice(back);
+            Ok(())
+        })
+        .map_err(|e| {
+            CoreError::Collective(format!(
+                "all_reduce({kind:?}, {} values): {e}",
+                buf_len::<E>(bytes.len())
+            ))
+        })
     }
 }
 
-fn too_small(kind: &str, n: usize, have: usize) -> CoreError {
-    CoreError::Collective(format!("{kind} scratch holds {have} elements, this step sums {n}"))
+fn buf_len<E>(bytes: usize) -> usize {
+    bytes / std::mem::size_of::<E>()
 }
 
 impl Collective for PyCollective {
     fn sum_f32(&mut self, buf: &mut [f32]) -> plasticity_core::Result<()> {
-        if buf.len() > self.f32_len {
-            return Err(too_small("float32", buf.len(), self.f32_len));
-        }
-        // SAFETY: the scratch was checked (CPU, contiguous, float32, f32_len elements,
-        // disjoint from the step's tensors) and outlives the step.
-        let s = unsafe { std::slice::from_raw_parts_mut(self.f32_buf.get() as *mut f32, buf.len()) };
-        s.copy_from_slice(buf);
-        self.call("f32", buf.len())?;
-        buf.copy_from_slice(s);
-        Ok(())
+        self.sum("f32", buf)
     }
     fn sum_f64(&mut self, buf: &mut [f64]) -> plasticity_core::Result<()> {
-        if buf.len() > self.f64_len {
-            return Err(too_small("float64", buf.len(), self.f64_len));
-        }
-        // SAFETY: as above, float64.
-        let s = unsafe { std::slice::from_raw_parts_mut(self.f64_buf.get() as *mut f64, buf.len()) };
-        s.copy_from_slice(buf);
-        self.call("f64", buf.len())?;
-        buf.copy_from_slice(s);
-        Ok(())
+        self.sum("f64", buf)
     }
 }
 
-/// One weight dtype's call of the core step (the dispatch below picks `T`).
-macro_rules! step_as {
-    ($t:ty, $cfg:expr, $shard:expr, $m:expr, $n:expr, $ptrs:expr, $m1:expr, $m2:expr, $st:expr, $comm:expr, $ws:expr) => {{
-        // SAFETY: shapes, dtypes, devices and disjointness were checked by the caller.
-        let w = unsafe { std::slice::from_raw_parts_mut($ptrs.0.get() as *mut $t, $m * $n) };
-        let g = unsafe { std::slice::from_raw_parts($ptrs.1.get() as *const $t, $m * $n) };
-        sharded::apollo_step_sharded::<$t>($cfg, $shard, $m, $n, w, g, $m1, $m2, $st, $comm, $ws)
-    }};
+fn parse_shard(axis: &str, offset: usize, global: (usize, usize)) -> PyResult<Shard> {
+    let axis = match axis {
+        "rows" => ShardAxis::Rows,
+        "cols" => ShardAxis::Cols,
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "axis: expected 'rows' or 'cols', got {other:?}"
+            )))
+        }
+    };
+    Ok(Shard {
+        axis,
+        offset,
+        global_m: global.0,
+        global_n: global.1,
+    })
 }
 
-/// One Apollo step on this rank's shard of a `global_shape` matrix, in place.
+/// One matrix's raw pointers and shape, checked while the GIL was held.
+struct RawJob {
+    shard: Shard,
+    m: usize,
+    n: usize,
+    w: SendPtr,
+    g: SendPtr,
+    m1: SendPtr,
+    m2: SendPtr,
+    mlen: usize,
+    state: MatrixState,
+}
+
+fn run<T: Element>(
+    cfg: &ApolloConfig,
+    raw: &mut [RawJob],
+    comm: &mut PyCollective,
+    ws: &mut plasticity_core::apollo::Workspace,
+) -> plasticity_core::Result<Vec<StepOutcome>> {
+    let mut jobs: Vec<ShardJob<'_, T>> = raw
+        .iter_mut()
+        .map(|r| {
+            let numel = r.m * r.n;
+            // SAFETY: every tensor was checked (CPU, contiguous, dtype, shape, pairwise disjoint
+            // across all jobs) and outlives the call; the core checks the moments' lengths.
+            unsafe {
+                ShardJob {
+                    shard: r.shard,
+                    m: r.m,
+                    n: r.n,
+                    w: std::slice::from_raw_parts_mut(r.w.get() as *mut T, numel),
+                    g: std::slice::from_raw_parts(r.g.get() as *const T, numel),
+                    exp_avg: std::slice::from_raw_parts_mut(r.m1.get() as *mut f32, r.mlen),
+                    exp_avg_sq: std::slice::from_raw_parts_mut(r.m2.get() as *mut f32, r.mlen),
+                    state: &mut r.state,
+                }
+            }
+        })
+        .collect();
+    sharded::apollo_step_sharded_many(cfg, &mut jobs, comm, ws)
+}
+
+/// One Apollo step on this rank's shards of several matrices, in place, with one
+/// config (a parameter group) and one weight dtype.
 ///
-/// `axis` is "rows" (a column-parallel weight: a block of output rows) or "cols"
-/// (row-parallel: a block of input columns) starting at `offset`. Every rank of
-/// the group calls it with the same state; `all_reduce(kind, n)` must sum the
-/// first `n` elements of `scratch_f32` ("f32") or `scratch_f64` ("f64") over
-/// the group in place. Returns `(applied, step, prev_norm, limiter, refreshed)`.
+/// `jobs`: a list of `(weight, grad, exp_avg, exp_avg_sq, axis, offset, global_shape, step, seed,
+/// prev_norm)`; `axis` "rows" (a column-parallel weight's block of output rows) or "cols" (a
+/// row-parallel weight's block of input columns) starting at `offset`. Every rank of the group
+/// calls it with the same matrices in the same order. Returns one `(applied, step, prev_norm,
+/// limiter, refreshed)` per job.
 #[pyfunction]
 #[pyo3(signature = (
-    weight, grad, exp_avg, exp_avg_sq, *, axis, offset, global_shape, all_reduce, scratch_f32, scratch_f64,
-    step, seed, prev_norm, lr, beta1, beta2, eps, weight_decay, correct_bias, rank, scale_type, alpha,
+    jobs, *, all_reduce, lr, beta1, beta2, eps, weight_decay, correct_bias, rank, scale_type, alpha,
     update_proj_gap, norm_growth_limit, stochastic_rounding, workspace, projection_precision = "auto"
 ))]
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
 pub fn apollo_step_sharded(
     py: Python<'_>,
-    weight: &Bound<'_, PyAny>,
-    grad: &Bound<'_, PyAny>,
-    exp_avg: &Bound<'_, PyAny>,
-    exp_avg_sq: &Bound<'_, PyAny>,
-    axis: &str,
-    offset: usize,
-    global_shape: (usize, usize),
+    jobs: Vec<Bound<'_, PyAny>>,
     all_reduce: Py<PyAny>,
-    scratch_f32: &Bound<'_, PyAny>,
-    scratch_f64: &Bound<'_, PyAny>,
-    step: u64,
-    seed: u64,
-    prev_norm: Option<f32>,
     lr: f32,
     beta1: f32,
     beta2: f32,
@@ -116,7 +154,7 @@ pub fn apollo_step_sharded(
     stochastic_rounding: bool,
     workspace: &Workspace,
     projection_precision: &str,
-) -> PyResult<(bool, u64, Option<f32>, f32, bool)> {
+) -> PyResult<Vec<(bool, u64, Option<f32>, f32, bool)>> {
     let cfg = ApolloConfig {
         lr,
         beta1,
@@ -133,96 +171,91 @@ pub fn apollo_step_sharded(
         projection_precision: parse_precision(projection_precision)?,
     };
     cfg.validate().map_err(core_err)?;
-    let axis = match axis {
-        "rows" => ShardAxis::Rows,
-        "cols" => ShardAxis::Cols,
-        other => {
+    let mut views: Vec<TensorView<'_>> = Vec::with_capacity(4 * jobs.len());
+    let mut raw: Vec<RawJob> = Vec::with_capacity(jobs.len());
+    let mut dtype: Option<DType> = None;
+    for (i, job) in jobs.iter().enumerate() {
+        #[allow(clippy::type_complexity)]
+        let (w, g, m1, m2, axis, offset, global, step, seed, prev_norm): (
+            Bound<'_, PyAny>,
+            Bound<'_, PyAny>,
+            Bound<'_, PyAny>,
+            Bound<'_, PyAny>,
+            String,
+            usize,
+            (usize, usize),
+            u64,
+            u64,
+            Option<f32>,
+        ) = job
+            .extract()
+            .map_err(|e| PyValueError::new_err(format!("jobs[{i}]: {e}")))?;
+        let shard = parse_shard(&axis, offset, global)?;
+        let w = TensorView::new(&w, "weight")?;
+        let g = TensorView::new(&g, "grad")?;
+        let m1 = TensorView::new(&m1, "exp_avg")?;
+        let m2 = TensorView::new(&m2, "exp_avg_sq")?;
+        for v in [&w, &g, &m1, &m2] {
+            v.require_cpu()?;
+        }
+        w.require_nonempty()?;
+        let [m, n] = w.shape[..] else {
             return Err(PyValueError::new_err(format!(
-                "axis: expected 'rows' or 'cols', got {other:?}"
-            )))
-        }
-    };
-    let shard = Shard {
-        axis,
-        offset,
-        global_m: global_shape.0,
-        global_n: global_shape.1,
-    };
-    let w = TensorView::new(weight, "weight")?;
-    let g = TensorView::new(grad, "grad")?;
-    let m1 = TensorView::new(exp_avg, "exp_avg")?;
-    let m2 = TensorView::new(exp_avg_sq, "exp_avg_sq")?;
-    let s32 = TensorView::new(scratch_f32, "scratch_f32")?;
-    // float64 scratch is borrowed through an int64 alias (the float views take 16/32-bit only)
-    let alias = scratch_f64
-        .call_method0("detach")?
-        .call_method1("view", (py.import("torch")?.getattr("int64")?,))
-        .map_err(|e| PyValueError::new_err(format!("scratch_f64: expected a float64 tensor ({e})")))?;
-    if scratch_f64.getattr("dtype")?.str()?.to_str()? != "torch.float64" {
-        return Err(PyValueError::new_err("scratch_f64: expected a float64 tensor"));
-    }
-    let s64 = IndexView::new(&alias, "scratch_f64")?;
-    s64.require_cpu()?;
-    for v in [&w, &g, &m1, &m2, &s32] {
-        v.require_cpu()?;
-    }
-    w.require_nonempty()?;
-    let [m, n] = w.shape[..] else {
-        return Err(PyValueError::new_err(format!(
-            "weight: Apollo needs a 2-D matrix, got shape {:?}",
-            w.shape
-        )));
-    };
-    g.require_dtype(w.dtype)?;
-    g.require_shape(&w.shape)?;
-    s32.require_dtype(DType::F32)?;
-    for v in [&m1, &m2] {
-        v.require_dtype(DType::F32)?;
-    }
-    require_disjoint(&[&w, &g, &m1, &m2, &s32])?;
-    let s64_range = (s64.ptr as usize, s64.ptr as usize + 8 * s64.numel());
-    for v in [&w, &g, &m1, &m2, &s32] {
-        let elem = match v.dtype {
-            DType::F32 => 4,
-            _ => 2,
+                "jobs[{i}] weight: Apollo needs a 2-D matrix, got shape {:?}",
+                w.shape
+            )));
         };
-        let (a, b) = (v.ptr as usize, v.ptr as usize + elem * v.numel());
-        if a < s64_range.1 && s64_range.0 < b {
-            return Err(PyValueError::new_err(format!("scratch_f64 overlaps {}", v.name)));
+        if *dtype.get_or_insert(w.dtype) != w.dtype {
+            return Err(PyValueError::new_err(format!(
+                "jobs[{i}]: every weight of one call must share a dtype"
+            )));
         }
+        g.require_dtype(w.dtype)?;
+        g.require_shape(&w.shape)?;
+        m1.require_dtype(DType::F32)?;
+        m2.require_dtype(DType::F32)?;
+        if m1.numel() != m2.numel() {
+            return Err(PyValueError::new_err(format!(
+                "jobs[{i}]: exp_avg and exp_avg_sq differ in size"
+            )));
+        }
+        raw.push(RawJob {
+            shard,
+            m,
+            n,
+            w: SendPtr(w.ptr),
+            g: SendPtr(g.ptr),
+            m1: SendPtr(m1.ptr),
+            m2: SendPtr(m2.ptr),
+            mlen: m1.numel(),
+            state: MatrixState { step, seed, prev_norm },
+        });
+        views.extend([w, g, m1, m2]);
     }
-    let (mlen, mlen2) = (m1.numel(), m2.numel());
-
-    let mut state = MatrixState { step, seed, prev_norm };
-    let mut comm = PyCollective {
-        all_reduce,
-        f32_buf: SendPtr(s32.ptr),
-        f32_len: s32.numel(),
-        f64_buf: SendPtr(s64.ptr),
-        f64_len: s64.numel(),
+    require_disjoint(&views.iter().collect::<Vec<_>>())?;
+    let Some(dtype) = dtype else {
+        return Ok(Vec::new());
     };
-    let ptrs = (SendPtr(w.ptr), SendPtr(g.ptr), SendPtr(m1.ptr), SendPtr(m2.ptr));
-    let dtype = w.dtype;
+    let mut comm = PyCollective { all_reduce };
     let result = py.detach(|| {
-        let ptrs = ptrs;
         let mut guard = workspace.inner.lock().unwrap();
         let ws: &mut plasticity_core::apollo::Workspace = &mut guard;
-        let (cfg, shard, st, comm) = (&cfg, &shard, &mut state, &mut comm);
-        workspace.pool.install(move || {
-            // SAFETY: the moments are checked float32 CPU tensors, disjoint from the rest; the
-            // core checks their length against the shard's geometry before writing.
-            let m1 = unsafe { std::slice::from_raw_parts_mut(ptrs.2.get() as *mut f32, mlen) };
-            let m2 = unsafe { std::slice::from_raw_parts_mut(ptrs.3.get() as *mut f32, mlen2) };
-            match dtype {
-                DType::F32 => step_as!(f32, cfg, shard, m, n, ptrs, m1, m2, st, comm, ws),
-                DType::BF16 => step_as!(bf16, cfg, shard, m, n, ptrs, m1, m2, st, comm, ws),
-                DType::F16 => step_as!(f16, cfg, shard, m, n, ptrs, m1, m2, st, comm, ws),
-            }
+        let (cfg, raw, comm) = (&cfg, &mut raw, &mut comm);
+        workspace.pool.install(move || match dtype {
+            DType::F32 => run::<f32>(cfg, raw, comm, ws),
+            DType::BF16 => run::<bf16>(cfg, raw, comm, ws),
+            DType::F16 => run::<f16>(cfg, raw, comm, ws),
         })
     });
-    let out: StepOutcome = result.map_err(core_err)?;
-    let (applied, limiter, refreshed) = outcome_tuple(out);
-    Ok((applied, state.step, state.prev_norm, limiter, refreshed))
+    let outs = result.map_err(core_err)?;
+    Ok(outs
+        .into_iter()
+        .zip(&raw)
+        .map(|(out, r)| {
+            let (applied, limiter, refreshed) = outcome_tuple(out);
+            (applied, r.state.step, r.state.prev_norm, limiter, refreshed)
+        })
+        .collect())
 }
 
 /// Bytes one rank puts into the sums of one applied step on this shard.

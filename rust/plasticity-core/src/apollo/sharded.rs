@@ -19,12 +19,15 @@
 //!   moments are replicated and the factors identical.
 //!
 //! The sums go through a caller-given [`Collective`] (vLLM's process group in
-//! the server, a gloo group in tests). Stochastic rounding of 16-bit weights
+//! the server, a gloo group in tests), three per optimizer step however many
+//! matrices it steps ([`apollo_step_sharded_many`]). Stochastic rounding of 16-bit weights
 //! draws per local element, so it does not match the whole-matrix step bit for
 //! bit; everything else does up to the summation order of the reductions.
 
 use super::{generate_projection, ApolloConfig};
-use super::{grow, limit, passes, scaling, use_bf16_projection, Geometry, MatrixState, Side, StepOutcome, Workspace};
+use super::{
+    grow, limit, passes, scaling, use_bf16_projection, Geometry, MatrixState, ScaleType, Side, StepOutcome, Workspace,
+};
 use crate::element::Element;
 use crate::error::{CoreError, Result};
 use crate::rng;
@@ -100,6 +103,53 @@ impl Shard {
     }
 }
 
+/// One matrix's part in a batched sharded step: this rank's block and its state.
+pub struct ShardJob<'a, T> {
+    pub shard: Shard,
+    /// The block's shape on this rank.
+    pub m: usize,
+    pub n: usize,
+    pub w: &'a mut [T],
+    pub g: &'a [T],
+    pub exp_avg: &'a mut [f32],
+    pub exp_avg_sq: &'a mut [f32],
+    pub state: &'a mut MatrixState,
+}
+
+/// What pass 1 left for the later phases of one job.
+struct Pending {
+    r: Vec<f32>,
+    gsq: Vec<f64>,
+    nsq: Vec<f64>,
+    rsq: Vec<f64>,
+    totals: [f64; 4],
+    skipped: bool,
+}
+
+impl<T> ShardJob<'_, T> {
+    fn check(&self, cfg: &ApolloConfig) -> Result<()> {
+        let (m, n) = (self.m, self.n);
+        self.shard.check(m, n)?;
+        if self.w.len() != m * n || self.g.len() != m * n {
+            return Err(CoreError::Shape(format!(
+                "weight has {} and gradient {} elements, expected {m}×{n}",
+                self.w.len(),
+                self.g.len()
+            )));
+        }
+        let geo = self.shard.local(m, n, cfg.rank);
+        if self.exp_avg.len() != geo.moment_len() || self.exp_avg_sq.len() != geo.moment_len() {
+            let (a, b) = geo.moment_shape();
+            return Err(CoreError::Shape(format!(
+                "moments have {} and {} elements, expected {a}×{b} for this shard",
+                self.exp_avg.len(),
+                self.exp_avg_sq.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// One Apollo step on this rank's shard (`m × n`, row-major), in place, summing
 /// across ranks through `comm`. Every rank of the group must call it with the
 /// same config, state and global shape. The moments are sized for the local
@@ -118,125 +168,220 @@ pub fn apollo_step_sharded<T: Element>(
     comm: &mut dyn Collective,
     ws: &mut Workspace,
 ) -> Result<StepOutcome> {
-    cfg.validate()?;
-    shard.check(m, n)?;
-    let whole = shard.whole(cfg.rank);
-    let geo = shard.local(m, n, cfg.rank);
-    if w.len() != m * n || g.len() != m * n {
-        return Err(CoreError::Shape(format!(
-            "weight has {} and gradient {} elements, expected {m}×{n}",
-            w.len(),
-            g.len()
-        )));
-    }
-    if exp_avg.len() != geo.moment_len() || exp_avg_sq.len() != geo.moment_len() {
-        let (a, b) = geo.moment_shape();
-        return Err(CoreError::Shape(format!(
-            "moments have {} and {} elements, expected {a}×{b} for this shard",
-            exp_avg.len(),
-            exp_avg_sq.len()
-        )));
-    }
-    let t = state.step;
-    let period = t / cfg.update_proj_gap;
-    let refreshed = t % cfg.update_proj_gap == 0;
-    let threads = if m * n < 1 << 16 { 1 } else { ws.threads };
+    let job = ShardJob {
+        shard: *shard,
+        m,
+        n,
+        w,
+        g,
+        exp_avg,
+        exp_avg_sq,
+        state,
+    };
+    Ok(apollo_step_sharded_many(cfg, &mut [job], comm, ws)?[0])
+}
 
+/// One Apollo step on each of several shards with three sums over ranks in all,
+/// whatever their number: a sum costs a round trip (about 0.8 ms over gloo on
+/// one machine), so summing per matrix would cost more than the step itself.
+/// Every rank must pass the same matrices in the same order. Nothing is written
+/// if a job is malformed; a job whose gradient is not finite anywhere in the
+/// group is skipped on every rank, the others are applied.
+pub fn apollo_step_sharded_many<T: Element>(
+    cfg: &ApolloConfig,
+    jobs: &mut [ShardJob<'_, T>],
+    comm: &mut dyn Collective,
+    ws: &mut Workspace,
+) -> Result<Vec<StepOutcome>> {
+    cfg.validate()?;
+    for job in jobs.iter() {
+        job.check(cfg)?;
+    }
+    // Pass 1 per job: R (partial where d is cut) and the channels' ‖G‖².
+    let mut pending: Vec<Pending> = jobs.iter().map(|job| project(cfg, job, ws)).collect();
+
+    // Sum 1: R and ‖G‖² of the jobs that cut d, with the non-finite flags of the others.
+    let cuts_d = |j: &ShardJob<'_, T>| j.shard.splits_compressed();
+    let mut r_all: Vec<f32> = Vec::new();
+    let mut f_all: Vec<f64> = Vec::new();
+    for (job, p) in jobs.iter().zip(&pending) {
+        if cuts_d(job) {
+            r_all.extend_from_slice(&p.r);
+            f_all.extend_from_slice(&p.gsq);
+        } else {
+            f_all.push(f64::from(u8::from(!finite(&p.r, &p.gsq))));
+        }
+    }
+    if !r_all.is_empty() {
+        comm.sum_f32(&mut r_all)?;
+    }
+    if !f_all.is_empty() {
+        comm.sum_f64(&mut f_all)?;
+    }
+    let (mut ro, mut fo) = (0, 0);
+    for (job, p) in jobs.iter().zip(pending.iter_mut()) {
+        if cuts_d(job) {
+            let (nr, ng) = (p.r.len(), p.gsq.len());
+            p.r.copy_from_slice(&r_all[ro..ro + nr]);
+            p.gsq.copy_from_slice(&f_all[fo..fo + ng]);
+            (ro, fo) = (ro + nr, fo + ng);
+            // every rank sees the same sums, so the same decision
+            p.skipped = !finite(&p.r, &p.gsq);
+        } else {
+            p.skipped = f_all[fo] != 0.0;
+            fo += 1;
+        }
+    }
+
+    // Pass 2 per job: moments, per-channel factors, the local totals.
+    let adam = cfg.adam();
+    for (job, p) in jobs.iter_mut().zip(pending.iter_mut()) {
+        if p.skipped {
+            continue;
+        }
+        let geo = job.shard.local(job.m, job.n, cfg.rank);
+        let threads = if job.m * job.n < 1 << 16 { 1 } else { ws.threads };
+        let ch = geo.channels();
+        p.nsq = vec![0.0; ch];
+        p.rsq = vec![0.0; ch];
+        passes::moments(
+            &geo,
+            &adam,
+            &p.r,
+            job.exp_avg,
+            job.exp_avg_sq,
+            &mut p.nsq,
+            &mut p.rsq,
+            threads,
+        );
+        let mut scale = vec![0f32; ch];
+        scaling(cfg.scale_type, &p.nsq, &p.rsq, None, &mut scale);
+        let ch_norm: f64 = scale
+            .iter()
+            .zip(&p.gsq)
+            .map(|(&s, &q)| (s as f64) * (s as f64) * q)
+            .sum();
+        p.totals = [p.nsq.iter().sum(), p.rsq.iter().sum(), ch_norm, p.gsq.iter().sum()];
+    }
+
+    // Sum 2: the totals of the jobs that cut channels (the others hold every channel).
+    let mut t_all: Vec<f64> = Vec::new();
+    for (job, p) in jobs.iter().zip(&pending) {
+        if !cuts_d(job) && !p.skipped {
+            t_all.extend_from_slice(&p.totals);
+        }
+    }
+    if !t_all.is_empty() {
+        comm.sum_f64(&mut t_all)?;
+    }
+
+    // Pass 3 per job: the limiter and the update.
+    let mut to = 0;
+    let mut out = Vec::with_capacity(jobs.len());
+    for (job, p) in jobs.iter_mut().zip(pending.iter_mut()) {
+        if p.skipped {
+            tracing::debug!(
+                m = job.m,
+                n = job.n,
+                step = job.state.step,
+                "apollo (shard): non-finite gradient, skipped"
+            );
+            out.push(StepOutcome::SkippedNonFinite);
+            continue;
+        }
+        if !cuts_d(job) {
+            p.totals.copy_from_slice(&t_all[to..to + 4]);
+            to += 4;
+        }
+        out.push(apply(cfg, job, p, ws.threads));
+    }
+    Ok(out)
+}
+
+fn finite(r: &[f32], gsq: &[f64]) -> bool {
+    gsq.iter().sum::<f64>().is_finite() && r.iter().all(|x| x.is_finite())
+}
+
+fn project<T: Element>(cfg: &ApolloConfig, job: &ShardJob<'_, T>, ws: &mut Workspace) -> Pending {
+    let whole = job.shard.whole(cfg.rank);
+    let geo = job.shard.local(job.m, job.n, cfg.rank);
+    let period = job.state.step / cfg.update_proj_gap;
+    let threads = if job.m * job.n < 1 << 16 { 1 } else { ws.threads };
     // The whole matrix's P, then this shard's columns of it when the shard cuts d.
-    let (d, dl) = (whole.compressed(), geo.compressed());
+    let (d, dl, off) = (whole.compressed(), geo.compressed(), job.shard.offset);
     grow(&mut ws.p, whole.projection_len());
-    generate_projection(state.seed, period, cfg.rank, d, &mut ws.p[..whole.projection_len()]);
-    let p: Vec<f32> = if shard.splits_compressed() {
+    generate_projection(job.state.seed, period, cfg.rank, d, &mut ws.p[..whole.projection_len()]);
+    let p: Vec<f32> = if job.shard.splits_compressed() {
         (0..cfg.rank)
-            .flat_map(|k| ws.p[k * d + shard.offset..k * d + shard.offset + dl].iter().copied())
+            .flat_map(|k| ws.p[k * d + off..k * d + off + dl].iter().copied())
             .collect()
     } else {
         ws.p[..whole.projection_len()].to_vec()
     };
-
-    // Pass 1 on the shard: R (partial when d is cut) and the channels' ‖G‖².
-    let (mlen, ch) = (geo.moment_len(), geo.channels());
-    grow(&mut ws.r, mlen);
-    grow(&mut ws.gsq, ch);
+    let mut r = vec![0f32; geo.moment_len()];
+    let mut gsq = vec![0f64; geo.channels()];
     let use_bf16 = use_bf16_projection::<T>(cfg, &geo);
     passes::project(
         &geo,
-        g,
+        job.g,
         &p,
-        &mut ws.r[..mlen],
-        &mut ws.gsq[..ch],
+        &mut r,
+        &mut gsq,
         &mut ws.g32,
         &mut ws.a16,
         &mut ws.packed,
         use_bf16,
         threads,
     );
-    let (r, gsq) = (&mut ws.r[..mlen], &mut ws.gsq[..ch]);
-    if shard.splits_compressed() {
-        comm.sum_f32(r)?;
-        comm.sum_f64(gsq)?;
+    Pending {
+        r,
+        gsq,
+        nsq: Vec::new(),
+        rsq: Vec::new(),
+        totals: [0.0; 4],
+        skipped: false,
     }
-    // One decision for all ranks: after the sums above every rank sees the same R;
-    // otherwise a rank's non-finite shard must stop the others too.
-    let mut bad = [f64::from(u8::from(
-        !gsq.iter().sum::<f64>().is_finite() || !passes::all_finite(r, threads),
-    ))];
-    if !shard.splits_compressed() {
-        comm.sum_f64(&mut bad)?;
-    }
-    if bad[0] != 0.0 {
-        tracing::debug!(m, n, step = t, "apollo (shard): non-finite gradient, step skipped");
-        return Ok(StepOutcome::SkippedNonFinite);
-    }
+}
 
-    grow(&mut ws.nsq, ch);
-    grow(&mut ws.rsq, ch);
-    grow(&mut ws.scale, ch);
-    let (nsq, rsq) = (&mut ws.nsq[..ch], &mut ws.rsq[..ch]);
-    let adam = cfg.adam();
-    passes::moments(&geo, &adam, r, exp_avg, exp_avg_sq, nsq, rsq, threads);
-
-    // Totals over the whole matrix: local when every rank holds every channel.
-    let scale = &mut ws.scale[..ch];
-    scaling(cfg.scale_type, nsq, rsq, None, scale);
-    let ch_norm: f64 = scale
-        .iter()
-        .zip(gsq.iter())
-        .map(|(&s, &q)| (s as f64) * (s as f64) * q)
-        .sum();
-    let mut totals = [
-        nsq.iter().sum::<f64>(),
-        rsq.iter().sum::<f64>(),
-        ch_norm,
-        gsq.iter().sum::<f64>(),
-    ];
-    if !shard.splits_compressed() {
-        comm.sum_f64(&mut totals)?;
-    }
+fn apply<T: Element>(cfg: &ApolloConfig, job: &mut ShardJob<'_, T>, p: &Pending, threads: usize) -> StepOutcome {
+    let whole = job.shard.whole(cfg.rank);
+    let geo = job.shard.local(job.m, job.n, cfg.rank);
+    let threads = if job.m * job.n < 1 << 16 { 1 } else { threads };
+    let t = job.state.step;
+    let mut scale = vec![0f32; geo.channels()];
     let s_norm = match cfg.scale_type {
-        super::ScaleType::Channel => totals[2].sqrt(),
-        super::ScaleType::Tensor => {
-            scaling(cfg.scale_type, nsq, rsq, Some((totals[0], totals[1])), scale);
+        ScaleType::Channel => {
+            scaling(cfg.scale_type, &p.nsq, &p.rsq, None, &mut scale);
+            p.totals[2].sqrt()
+        }
+        ScaleType::Tensor => {
+            scaling(
+                cfg.scale_type,
+                &p.nsq,
+                &p.rsq,
+                Some((p.totals[0], p.totals[1])),
+                &mut scale,
+            );
             let s = scale.first().copied().unwrap_or(0.0) as f64;
-            (s * s * totals[3]).sqrt()
+            (s * s * p.totals[3]).sqrt()
         }
     };
-    let limiter = limit(cfg.norm_growth_limit, s_norm, state);
-
-    state.step = t + 1;
-    let step_size = adam.step_size(state.step) as f32;
-    let coef = step_size * cfg.alpha_for(d) / limiter;
+    let limiter = limit(cfg.norm_growth_limit, s_norm, job.state);
+    job.state.step = t + 1;
+    let adam = cfg.adam();
+    let step_size = adam.step_size(job.state.step) as f32;
+    let coef = step_size * cfg.alpha_for(whole.compressed()) / limiter;
     scale.iter_mut().for_each(|s| *s *= coef);
     let decay = cfg.lr * cfg.weight_decay;
     let round_seed = cfg
         .stochastic_rounding
-        .then(|| rng::derive(state.seed ^ 0x5eed, state.step));
-    passes::apply_update(&geo, w, g, scale, decay, round_seed, threads);
-    Ok(StepOutcome::Applied {
+        .then(|| rng::derive(job.state.seed ^ 0x5eed, job.state.step));
+    passes::apply_update(&geo, job.w, job.g, &scale, decay, round_seed, threads);
+    StepOutcome::Applied {
         limiter,
         step_size,
-        refreshed,
-    })
+        refreshed: t % cfg.update_proj_gap == 0,
+    }
 }
 
 #[cfg(test)]

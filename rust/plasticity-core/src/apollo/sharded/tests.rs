@@ -17,10 +17,12 @@ struct Member {
     group: Arc<Group>,
     rank: usize,
     sent: usize,
+    calls: usize,
 }
 
 impl Member {
     fn sum(&mut self, vals: Vec<f64>) -> Vec<f64> {
+        self.calls += 1;
         self.group.slots.lock().unwrap()[self.rank] = vals;
         self.group.barrier.wait();
         let total = {
@@ -145,7 +147,12 @@ fn compare(m: usize, n: usize, axis: ShardAxis, splits: &[usize], c: &ApolloConf
                     ..Default::default()
                 };
                 let mut ws = Workspace::new(1);
-                let mut me = Member { group, rank, sent: 0 };
+                let mut me = Member {
+                    group,
+                    rank,
+                    sent: 0,
+                    calls: 0,
+                };
                 for t in 0..steps {
                     let g = block(&grad(t, m, n), m, n, axis, lo, hi);
                     apollo_step_sharded(
@@ -254,7 +261,12 @@ fn a_non_finite_shard_stops_every_rank() {
                     let mut w = vec![1f32; lm * ln];
                     let (mut m1, mut m2) = (vec![0f32; local.moment_len()], vec![0f32; local.moment_len()]);
                     let mut st = MatrixState::default();
-                    let mut me = Member { group, rank, sent: 0 };
+                    let mut me = Member {
+                        group,
+                        rank,
+                        sent: 0,
+                        calls: 0,
+                    };
                     let out = apollo_step_sharded(
                         &c,
                         &shard,
@@ -288,6 +300,7 @@ fn a_block_that_is_not_a_shard_is_refused() {
         }),
         rank: 0,
         sent: 0,
+        calls: 0,
     };
     let shard = Shard {
         axis: ShardAxis::Rows,
@@ -331,4 +344,148 @@ fn a_block_that_is_not_a_shard_is_refused() {
         &mut Workspace::new(1),
     );
     assert!(err.is_err(), "a column block with half the rows accepted");
+}
+
+#[test]
+fn many_matrices_take_three_sums_and_match_their_whole_steps() {
+    // tall and wide, cut both ways, and one whose gradient is NaN on rank 1 only
+    let mats: Vec<(usize, usize, ShardAxis)> = vec![
+        (48, 20, ShardAxis::Rows),
+        (48, 20, ShardAxis::Cols),
+        (20, 48, ShardAxis::Rows),
+        (20, 48, ShardAxis::Cols),
+        (32, 24, ShardAxis::Cols),
+    ];
+    let poisoned = 4;
+    let c = cfg(4, ScaleType::Channel);
+    let steps = 12u64;
+    let wholes: Vec<Vec<f32>> = mats
+        .iter()
+        .enumerate()
+        .map(|(i, &(m, n, _))| {
+            let mut w = randn(50 + i as u64, m * n, 0.5);
+            let geo = Geometry::new(m, n, c.rank);
+            let (mut m1, mut m2) = (vec![0f32; geo.moment_len()], vec![0f32; geo.moment_len()]);
+            let mut st = MatrixState {
+                seed: 9 + i as u64,
+                ..Default::default()
+            };
+            let mut ws = Workspace::new(1);
+            for t in 0..steps {
+                if i != poisoned {
+                    apollo_step(
+                        &c,
+                        m,
+                        n,
+                        &mut w,
+                        &grad(t, m, n),
+                        &mut m1,
+                        &mut m2,
+                        &mut st,
+                        None,
+                        &mut ws,
+                    )
+                    .unwrap();
+                }
+            }
+            w
+        })
+        .collect();
+    let group = Arc::new(Group {
+        barrier: Barrier::new(2),
+        slots: Mutex::new(vec![Vec::new(); 2]),
+    });
+    let handles: Vec<_> = (0..2)
+        .map(|rank| {
+            let (group, c, mats) = (group.clone(), c.clone(), mats.clone());
+            std::thread::spawn(move || {
+                let mut blocks: Vec<_> = mats
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &(m, n, axis))| {
+                        let along = if axis == ShardAxis::Rows { m } else { n };
+                        let (lo, hi) = if rank == 0 { (0, along / 2) } else { (along / 2, along) };
+                        let shard = Shard {
+                            axis,
+                            offset: lo,
+                            global_m: m,
+                            global_n: n,
+                        };
+                        let (lm, ln) = if axis == ShardAxis::Rows {
+                            (hi - lo, n)
+                        } else {
+                            (m, hi - lo)
+                        };
+                        let len = shard.local(lm, ln, c.rank).moment_len();
+                        let w = block(&randn(50 + i as u64, m * n, 0.5), m, n, axis, lo, hi);
+                        let st = MatrixState {
+                            seed: 9 + i as u64,
+                            ..Default::default()
+                        };
+                        (shard, lm, ln, w, vec![0f32; len], vec![0f32; len], st, lo, hi)
+                    })
+                    .collect();
+                let mut me = Member {
+                    group,
+                    rank,
+                    sent: 0,
+                    calls: 0,
+                };
+                let mut ws = Workspace::new(1);
+                for t in 0..steps {
+                    let grads: Vec<Vec<f32>> = mats
+                        .iter()
+                        .zip(&blocks)
+                        .enumerate()
+                        .map(|(i, (&(m, n, axis), b))| {
+                            let mut g = block(&grad(t, m, n), m, n, axis, b.7, b.8);
+                            if i == poisoned && rank == 1 {
+                                g[0] = f32::NAN;
+                            }
+                            g
+                        })
+                        .collect();
+                    let mut jobs: Vec<ShardJob<'_, f32>> = blocks
+                        .iter_mut()
+                        .zip(&grads)
+                        .map(|(b, g)| ShardJob {
+                            shard: b.0,
+                            m: b.1,
+                            n: b.2,
+                            w: &mut b.3,
+                            g,
+                            exp_avg: &mut b.4,
+                            exp_avg_sq: &mut b.5,
+                            state: &mut b.6,
+                        })
+                        .collect();
+                    let out = apollo_step_sharded_many(&c, &mut jobs, &mut me, &mut ws).unwrap();
+                    assert_eq!(out[poisoned], StepOutcome::SkippedNonFinite, "rank {rank} step {t}");
+                    assert!(out.iter().enumerate().all(|(i, o)| i == poisoned || o.applied()));
+                }
+                assert_eq!(me.calls as u64, 3 * steps, "three sums per step, not one per matrix");
+                blocks.into_iter().map(|b| (b.3, b.7, b.8)).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let parts: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    for (i, &(m, n, axis)) in mats.iter().enumerate() {
+        let (mut err, mut upd) = (0f64, 0f64);
+        let start = randn(50 + i as u64, m * n, 0.5);
+        for part in &parts {
+            let (w, lo, hi) = &part[i];
+            let want = block(&wholes[i], m, n, axis, *lo, *hi);
+            let w0 = block(&start, m, n, axis, *lo, *hi);
+            for ((&a, &b), &s) in w.iter().zip(&want).zip(&w0) {
+                err += ((a - b) as f64).powi(2);
+                upd += ((b - s) as f64).powi(2);
+            }
+        }
+        if i == poisoned {
+            assert_eq!(upd, 0.0);
+            assert_eq!(err, 0.0, "a skipped matrix was written");
+        } else {
+            assert!((err / upd).sqrt() < 1e-5, "matrix {i}: {}", (err / upd).sqrt());
+        }
+    }
 }
