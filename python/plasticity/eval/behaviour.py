@@ -37,11 +37,11 @@ from __future__ import annotations
 import json
 import math
 import re
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
+
+from plasticity.http.client import ClientError, request_json
 
 from .metrics import perplexity
 
@@ -92,8 +92,7 @@ class BehaviourFileError(ValueError):
         super().__init__(where + message)
 
 
-class EvalHTTPError(RuntimeError):
-    """A server answered with an error status, an unexpected body, or could not be reached."""
+EvalHTTPError = ClientError  # the name this module's callers catch
 
 
 @dataclass(frozen=True)
@@ -338,31 +337,8 @@ def _base_url(url: str) -> str:
     return u
 
 
-def _http_json(url: str, body: dict | None = None, *, api_key: str | None = None, timeout: float = 120.0):
-    data = None if body is None else json.dumps(body).encode()
-    headers = {"Accept": "application/json"}
-    if data is not None:
-        headers["Content-Type"] = "application/json"
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    req = urllib.request.Request(url, data=data, method="GET" if data is None else "POST", headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            raw = r.read()
-    except urllib.error.HTTPError as e:
-        txt = e.read()[:500].decode("utf-8", "replace")
-        hint = " (wrong or missing --api-key?)" if e.code == 401 else ""
-        raise EvalHTTPError(f"{url}: HTTP {e.code}{hint}: {txt}") from None
-    except (urllib.error.URLError, OSError) as e:
-        raise EvalHTTPError(f"{url}: cannot reach the server: {getattr(e, 'reason', e)}") from None
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise EvalHTTPError(f"{url}: the answer is not JSON: {raw[:200]!r}") from None
-
-
 def _served_model(base: str, api_key, timeout) -> str:
-    out = _http_json(base + "/v1/models", api_key=api_key, timeout=timeout)
+    out = request_json(base + "/v1/models", api_key=api_key, timeout=timeout)
     try:
         return out["data"][0]["id"]
     except (KeyError, IndexError, TypeError):
@@ -388,13 +364,13 @@ class ServerGenerator:
         body = {"model": self.model, "max_tokens": int(max_tokens), "temperature": 0.0, **self.extra_body}
         if isinstance(prompt, str):
             body["prompt"] = prompt
-            out = _http_json(self.base + "/v1/completions", body, api_key=self.api_key, timeout=self.timeout)
+            out = request_json(self.base + "/v1/completions", body, api_key=self.api_key, timeout=self.timeout)
             try:
                 return out["choices"][0]["text"] or ""
             except (KeyError, IndexError, TypeError):
                 raise EvalHTTPError(f"/v1/completions: unexpected answer {str(out)[:200]}") from None
         body["messages"] = [{"role": m["role"], "content": m["content"]} for m in prompt]
-        out = _http_json(self.base + "/v1/chat/completions", body, api_key=self.api_key, timeout=self.timeout)
+        out = request_json(self.base + "/v1/chat/completions", body, api_key=self.api_key, timeout=self.timeout)
         try:
             return out["choices"][0]["message"]["content"] or ""
         except (KeyError, IndexError, TypeError):
@@ -590,7 +566,7 @@ def heldout_ppl_server(url: str, texts: Sequence[str], *, api_key: str | None = 
     model = model or _served_model(base, api_key, timeout)
     toks, max_len = [], None
     for t in texts:
-        out = _http_json(base + "/tokenize", {"model": model, "prompt": t, "add_special_tokens": False},
+        out = request_json(base + "/tokenize", {"model": model, "prompt": t, "add_special_tokens": False},
                          api_key=api_key, timeout=timeout)
         if not isinstance(out, dict) or not isinstance(out.get("tokens"), list):
             raise EvalHTTPError(f"/tokenize: unexpected answer {str(out)[:200]}")
@@ -612,7 +588,7 @@ def heldout_ppl_server(url: str, texts: Sequence[str], *, api_key: str | None = 
     nll, n = 0.0, 0
     for w in it:
         body = {"model": model, "prompt": w, "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0}
-        out = _http_json(base + "/v1/completions", body, api_key=api_key, timeout=timeout)
+        out = request_json(base + "/v1/completions", body, api_key=api_key, timeout=timeout)
         try:
             plp = out["choices"][0]["prompt_logprobs"]
         except (KeyError, IndexError, TypeError):

@@ -23,6 +23,7 @@ import os
 import urllib.parse
 from pathlib import Path
 
+from plasticity.http.client import request_json
 from plasticity.taskvec.snapshot_folder import META_FILE, NAME_RULE, TV_FILE, is_snapshot_name
 
 from . import behaviour as bh
@@ -77,7 +78,7 @@ class ServerSnapshot:
 
     def meta(self) -> dict:
         try:
-            return bh._http_json(self.base + self._path, api_key=self.api_key)
+            return request_json(self.base + self._path, api_key=self.api_key)
         except bh.EvalHTTPError as e:
             if " HTTP 404" in str(e):
                 raise SnapshotEvalError(f"--snapshot {self.name}: the server has no such snapshot") from None
@@ -85,10 +86,10 @@ class ServerSnapshot:
 
     def activate(self) -> dict:
         """Roll the live weights back to the snapshot (bit-identical; runs between training steps)."""
-        return bh._http_json(self.base + "/v1/rollback", {"to": self.name}, api_key=self.api_key, timeout=1800)
+        return request_json(self.base + "/v1/rollback", {"to": self.name}, api_key=self.api_key, timeout=1800)
 
     def record(self, entry: dict) -> dict:
-        return bh._http_json(self.base + self._path + "/evals", entry, api_key=self.api_key)
+        return request_json(self.base + self._path + "/evals", entry, api_key=self.api_key)
 
 
 # --------------------------------------------------------------------------- on disk
@@ -139,12 +140,12 @@ class LocalSnapshot:
         return {"tensors": len(f.tensors)}
 
     def record(self, entry: dict) -> dict:
-        from plasticity.training.snapshots import _fsync_dir, _write_json
+        from plasticity.training.durable import fsync_dir, write_json
 
         m = self.meta()
         m["evals"] = list(m.get("evals") or []) + [entry]
         tmp = self.dir / (META_FILE + ".tmp")
-        _write_json(tmp, m)
+        write_json(tmp, m)
         os.replace(tmp, self.dir / META_FILE)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         return m

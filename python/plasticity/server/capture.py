@@ -131,13 +131,11 @@ class CaptureMiddleware:
 CURRENT: Capture | None = None
 
 
-def install(app) -> Capture | None:
-    """Add the middleware when ``[dream] capture = true`` (a bad [dream] section: the dream status
-    route reports it; capture stays off)."""
+def install(app, cfg) -> Capture | None:
+    """Add the middleware when ``[dream] capture = true``. ``cfg``: the [dream] section (None when
+    it is missing or bad: the dream status route reports why; capture stays off). Passed in by
+    the caller so this module never imports the dream routes, which read :data:`CURRENT`."""
     global CURRENT
-    from plasticity.dream import server as dream_server
-
-    cfg = dream_server.config()
     if cfg is None or not cfg.capture or cfg.db is None:
         return None
     CURRENT = Capture(cfg.db, cfg.capture_importance)

@@ -156,9 +156,11 @@ class PlasticityEndpoints:
                            get_weights_version=plugin.training.weights_version,
                            refuse_model=plugin.training.adapters.refusal)
         self.app = app
+        from plasticity.dream import server as dream_server
+
         from . import capture
 
-        capture.install(app)
+        capture.install(app, dream_server.config())
 
     async def _extract(self, spec) -> dict:
         from plasticity.steering import extract as ex

@@ -146,13 +146,14 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..eval.behaviour import EvalHTTPError, _http_json
+    from ..http.client import ClientError as EvalHTTPError
+    from ..http.client import request_json
 
     if args.snapshot_cmd == "export":
         return run_export(args)
     try:
         path, body = _body(args)
-        out = _http_json(args.server.rstrip("/") + path, body, api_key=args.api_key, timeout=args.timeout)
+        out = request_json(args.server.rstrip("/") + path, body, api_key=args.api_key, timeout=args.timeout)
     except (ValueError, EvalHTTPError) as e:
         print(f"plasticity snapshot {args.snapshot_cmd}: {e}", file=sys.stderr)
         return 2

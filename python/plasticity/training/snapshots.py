@@ -41,6 +41,7 @@ from plasticity.numbers import NumberError, parse_float
 from plasticity.taskvec.files import SafetensorsFile, SafetensorsWriter, TaskVectorError
 from plasticity.taskvec.merge import add_delta_, delta_of, roundtrip_report, task_arithmetic, ties
 from plasticity.taskvec.snapshot_folder import META_FILE, NAME_RULE, TV_FILE, is_snapshot_name
+from plasticity.training.durable import fsync_dir, write_json
 
 log = logging.getLogger("vllm.plasticity.training")
 
@@ -198,10 +199,10 @@ class Snapshots:
                  "model_fingerprint": self.fp, "tensors": len(names), "elements": elements,
                  "delta_dtypes": sorted({str(t).removeprefix("torch.") for t in wide.values()}),
                  "norm": math.sqrt(sq), "not_exact": not_exact, "exact_roundtrip": not_exact == 0, **extra}
-            _write_json(tmp / META_FILE, m)
-            _fsync_dir(tmp)
+            write_json(tmp / META_FILE, m)
+            fsync_dir(tmp)
             os.rename(tmp, final)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -211,9 +212,9 @@ class Snapshots:
     def update_meta(self, name: str, **fields) -> dict:
         m = {**self.meta(name), **fields}
         tmp = self._dir(name) / (META_FILE + ".tmp")
-        _write_json(tmp, m)
+        write_json(tmp, m)
         os.replace(tmp, self._dir(name) / META_FILE)
-        _fsync_dir(self._dir(name))
+        fsync_dir(self._dir(name))
         return m
 
     def add_eval(self, name: str, report) -> dict:
@@ -376,21 +377,6 @@ class Snapshots:
         self._apply(sorted(self.params), compute, f"{method} merge of {names}")
         self.current = None
         return {"merged": names, "method": method, **({"relative_to": relative_to} if ref is not None else {})}
-
-
-def _write_json(path: Path, obj) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Guard:
