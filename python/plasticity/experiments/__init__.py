@@ -1,4 +1,4 @@
-"""One-command experiments that answer the SPEC's open questions with a table, plots and a sentence.
+"""One-command experiments that answer the open questions of docs/design/questions.md with a table, plots and a sentence.
 
 ``plasticity experiment NAME [--model DIR] [--quick] [--out DIR] [--seed N]``; ``plasticity experiment list``.
 Each module has ``QUICK`` / ``FULL`` budgets and ``run(args) -> dict``; see docs/experiments.md.

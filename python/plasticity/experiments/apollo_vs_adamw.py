@@ -4,7 +4,7 @@ Every variant runs the same ``Trainer.step`` loop (context-frozen loss, replay, 
 gradient hooks, same examples, order and replay chunks) at the same learning rate; only the
 optimizer's update rule differs:
 
-- Apollo, channel-wise scaling at rank r (the tiny model's matrices are 256 wide, so the SPEC's
+- Apollo, channel-wise scaling at rank r (the tiny model's matrices are 256 wide, so the default
   rank 256 would make every matrix fall back to AdamW: r = 32 = d/8 plays its part here; FULL
   adds r = 128 = d/2);
 - Apollo-Mini: rank 1, tensor-wise scaling;

@@ -4,7 +4,7 @@ Registered as a real torch.library op (mutating ``residual``, with a fake
 impl) so Dynamo/Inductor keep it as one call in the compiled graph and it runs
 on every forward, reading whatever the runner wrote into the persistent table
 and slot buffers just before. A Python hook with branches would be traced once
-and frozen (hooks memo §4).
+and frozen (docs/design/vllm-hooks.md §4).
 """
 
 from __future__ import annotations

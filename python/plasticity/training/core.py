@@ -1,6 +1,6 @@
 """Context-frozen loss, the live Apollo optimizer and the training loop.
 
-Context-frozen (SPEC "Training"): for an example (context c_0..c_{n-1},
+Context-frozen (docs/design/questions.md, "Online training"): for an example (context c_0..c_{n-1},
 decision d_0..d_{m-1}) the prefix c_0..c_{n-2} runs under ``no_grad`` and
 leaves its keys/values (and, for Gated DeltaNet layers, conv + recurrent
 state) in the cache as constants; then the segment [c_{n-1}, d_0..d_{m-2}]

@@ -1,6 +1,6 @@
 """The ``vllm.general_plugins`` entry point: loaded by vLLM in every process.
 
-In the worker it patches (before the model exists, hooks memo §1):
+In the worker it patches (before the model exists, docs/design/vllm-hooks.md §1):
 - ``Worker.load_model``: after loading, allocate the steering buffers and hook
   the decoder layers (``state.SteeringState``);
 - the model runner, to rewrite the token→slot index before each forward

@@ -1,6 +1,6 @@
 """Worker side of online training (installed only when ``[training] enabled``).
 
-- CPU: keep plain linear weights (hooks memo §3): vLLM's CPU GEMM dispatch
+- CPU: keep plain linear weights (docs/design/vllm-hooks.md §3): vLLM's CPU GEMM dispatch
   repacks 2-D weights (oneDNN/sgl) and empties ``weight``; we make those layers
   use ``F.linear`` on the plain tensor instead, so the trainable views alias
   exactly the memory the served forward reads. (The hybrid's bf16 conv1d
