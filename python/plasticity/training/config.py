@@ -211,13 +211,21 @@ def _check(c: TrainingConfig, where) -> None:
         bad("serving_duty must be in (0, 1] and serving_idle_ms ≥ 0")
 
 
-def load(path: str | os.PathLike | None = None) -> TrainingConfig:
+def _read(path: str | os.PathLike | None) -> tuple[dict, Path] | None:
+    """The config file (``path`` or ``$PLASTICITY_CONFIG``) as a dict with its resolved path."""
     path = path or os.environ.get(ENV)
     if not path:
-        return TrainingConfig()
+        return None
     p = Path(path).expanduser().resolve()
     with open(p, "rb") as f:
-        doc = tomllib.load(f)
+        return tomllib.load(f), p
+
+
+def load(path: str | os.PathLike | None = None) -> TrainingConfig:
+    got = _read(path)
+    if got is None:
+        return TrainingConfig()
+    doc, p = got
     return from_dict(doc.get("training", {}), base=p.parent, source=p)
 
 
@@ -255,10 +263,8 @@ def snapshots_from_dict(sec: dict, where="config") -> SnapshotsConfig:
 
 
 def load_snapshots(path: str | os.PathLike | None = None) -> SnapshotsConfig:
-    path = path or os.environ.get(ENV)
-    if not path:
+    got = _read(path)
+    if got is None:
         return SnapshotsConfig()
-    p = Path(path).expanduser().resolve()
-    with open(p, "rb") as f:
-        doc = tomllib.load(f)
+    doc, p = got
     return snapshots_from_dict(doc.get("snapshots", {}), where=p)

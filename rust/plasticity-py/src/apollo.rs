@@ -89,6 +89,40 @@ pub(crate) fn parse_precision(s: &str) -> PyResult<ProjectionPrecision> {
     }
 }
 
+/// The keyword arguments every Apollo entry point takes, checked: (lr, β1, β2, ε, weight decay,
+/// bias correction), (rank, scale type, α, refresh gap, limiter γ, stochastic rounding), precision.
+#[allow(clippy::type_complexity)]
+pub(crate) fn apollo_config(
+    (lr, beta1, beta2, eps, weight_decay, correct_bias): (f32, f32, f32, f32, f32, bool),
+    (rank, scale_type, alpha, update_proj_gap, norm_growth_limit, stochastic_rounding): (
+        usize,
+        &str,
+        Option<f32>,
+        u64,
+        Option<f32>,
+        bool,
+    ),
+    projection_precision: &str,
+) -> PyResult<ApolloConfig> {
+    let cfg = ApolloConfig {
+        lr,
+        beta1,
+        beta2,
+        eps,
+        weight_decay,
+        correct_bias,
+        rank,
+        scale_type: parse_scale_type(scale_type)?,
+        alpha,
+        update_proj_gap,
+        norm_growth_limit,
+        stochastic_rounding,
+        projection_precision: parse_precision(projection_precision)?,
+    };
+    cfg.validate().map_err(core_err)?;
+    Ok(cfg)
+}
+
 pub(crate) fn outcome_tuple(out: StepOutcome) -> (bool, f32, bool) {
     match out {
         StepOutcome::Applied {
@@ -134,22 +168,18 @@ pub fn apollo_step(
     projection: Option<&Bound<'_, PyAny>>,
     projection_precision: &str,
 ) -> PyResult<(bool, u64, Option<f32>, f32, bool)> {
-    let cfg = ApolloConfig {
-        lr,
-        beta1,
-        beta2,
-        eps,
-        weight_decay,
-        correct_bias,
-        rank,
-        scale_type: parse_scale_type(scale_type)?,
-        alpha,
-        update_proj_gap,
-        norm_growth_limit,
-        stochastic_rounding,
-        projection_precision: parse_precision(projection_precision)?,
-    };
-    cfg.validate().map_err(core_err)?;
+    let cfg = apollo_config(
+        (lr, beta1, beta2, eps, weight_decay, correct_bias),
+        (
+            rank,
+            scale_type,
+            alpha,
+            update_proj_gap,
+            norm_growth_limit,
+            stochastic_rounding,
+        ),
+        projection_precision,
+    )?;
     let w = TensorView::new(weight, "weight")?;
     let g = TensorView::new(grad, "grad")?;
     let m1 = TensorView::new(exp_avg, "exp_avg")?;

@@ -14,7 +14,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyByteArray;
 
-use crate::apollo::{core_err, outcome_tuple, parse_precision, parse_scale_type, Workspace};
+use crate::apollo::{apollo_config, core_err, outcome_tuple, Workspace};
 use crate::tensor::{require_disjoint, SendPtr, TensorView};
 
 /// Sums over ranks through the Python callable.
@@ -155,22 +155,18 @@ pub fn apollo_step_sharded(
     workspace: &Workspace,
     projection_precision: &str,
 ) -> PyResult<Vec<(bool, u64, Option<f32>, f32, bool)>> {
-    let cfg = ApolloConfig {
-        lr,
-        beta1,
-        beta2,
-        eps,
-        weight_decay,
-        correct_bias,
-        rank,
-        scale_type: parse_scale_type(scale_type)?,
-        alpha,
-        update_proj_gap,
-        norm_growth_limit,
-        stochastic_rounding,
-        projection_precision: parse_precision(projection_precision)?,
-    };
-    cfg.validate().map_err(core_err)?;
+    let cfg = apollo_config(
+        (lr, beta1, beta2, eps, weight_decay, correct_bias),
+        (
+            rank,
+            scale_type,
+            alpha,
+            update_proj_gap,
+            norm_growth_limit,
+            stochastic_rounding,
+        ),
+        projection_precision,
+    )?;
     let mut views: Vec<TensorView<'_>> = Vec::with_capacity(4 * jobs.len());
     let mut raw: Vec<RawJob> = Vec::with_capacity(jobs.len());
     let mut dtype: Option<DType> = None;
@@ -228,7 +224,11 @@ pub fn apollo_step_sharded(
             m1: SendPtr(m1.ptr),
             m2: SendPtr(m2.ptr),
             mlen: m1.numel(),
-            state: MatrixState { step, seed, prev_norm },
+            state: MatrixState {
+                step,
+                seed,
+                prev_norm,
+            },
         });
         views.extend([w, g, m1, m2]);
     }
@@ -268,20 +268,5 @@ pub fn apollo_shard_reduced_bytes(
     shape: (usize, usize),
     rank: usize,
 ) -> PyResult<usize> {
-    let axis = match axis {
-        "rows" => ShardAxis::Rows,
-        "cols" => ShardAxis::Cols,
-        other => {
-            return Err(PyValueError::new_err(format!(
-                "axis: expected 'rows' or 'cols', got {other:?}"
-            )))
-        }
-    };
-    let shard = Shard {
-        axis,
-        offset,
-        global_m: global_shape.0,
-        global_n: global_shape.1,
-    };
-    Ok(shard.reduced_bytes(shape.0, shape.1, rank))
+    Ok(parse_shard(axis, offset, global_shape)?.reduced_bytes(shape.0, shape.1, rank))
 }

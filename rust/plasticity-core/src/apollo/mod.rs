@@ -368,7 +368,13 @@ fn use_bf16_projection<T: Element>(cfg: &ApolloConfig, geo: &Geometry) -> bool {
 
 /// The per-channel scaling factors from Σ N² and Σ R² (Channel), or one shared factor
 /// from their totals (Tensor).
-fn scaling(scale_type: ScaleType, nsq: &[f64], rsq: &[f64], totals: Option<(f64, f64)>, scale: &mut [f32]) {
+fn scaling(
+    scale_type: ScaleType,
+    nsq: &[f64],
+    rsq: &[f64],
+    totals: Option<(f64, f64)>,
+    scale: &mut [f32],
+) {
     match scale_type {
         ScaleType::Channel => {
             for ((s, &a), &b) in scale.iter_mut().zip(nsq.iter()).zip(rsq.iter()) {

@@ -26,7 +26,8 @@
 
 use super::{generate_projection, ApolloConfig};
 use super::{
-    grow, limit, passes, scaling, use_bf16_projection, Geometry, MatrixState, ScaleType, Side, StepOutcome, Workspace,
+    grow, limit, passes, scaling, use_bf16_projection, Geometry, MatrixState, ScaleType, Side,
+    StepOutcome, Workspace,
 };
 use crate::element::Element;
 use crate::error::{CoreError, Result};
@@ -240,7 +241,11 @@ pub fn apollo_step_sharded_many<T: Element>(
             continue;
         }
         let geo = job.shard.local(job.m, job.n, cfg.rank);
-        let threads = if job.m * job.n < 1 << 16 { 1 } else { ws.threads };
+        let threads = if job.m * job.n < 1 << 16 {
+            1
+        } else {
+            ws.threads
+        };
         let ch = geo.channels();
         p.nsq = vec![0.0; ch];
         p.rsq = vec![0.0; ch];
@@ -261,7 +266,12 @@ pub fn apollo_step_sharded_many<T: Element>(
             .zip(&p.gsq)
             .map(|(&s, &q)| (s as f64) * (s as f64) * q)
             .sum();
-        p.totals = [p.nsq.iter().sum(), p.rsq.iter().sum(), ch_norm, p.gsq.iter().sum()];
+        p.totals = [
+            p.nsq.iter().sum(),
+            p.rsq.iter().sum(),
+            ch_norm,
+            p.gsq.iter().sum(),
+        ];
     }
 
     // Sum 2: the totals of the jobs that cut channels (the others hold every channel).
@@ -306,11 +316,21 @@ fn project<T: Element>(cfg: &ApolloConfig, job: &ShardJob<'_, T>, ws: &mut Works
     let whole = job.shard.whole(cfg.rank);
     let geo = job.shard.local(job.m, job.n, cfg.rank);
     let period = job.state.step / cfg.update_proj_gap;
-    let threads = if job.m * job.n < 1 << 16 { 1 } else { ws.threads };
+    let threads = if job.m * job.n < 1 << 16 {
+        1
+    } else {
+        ws.threads
+    };
     // The whole matrix's P, then this shard's columns of it when the shard cuts d.
     let (d, dl, off) = (whole.compressed(), geo.compressed(), job.shard.offset);
     grow(&mut ws.p, whole.projection_len());
-    generate_projection(job.state.seed, period, cfg.rank, d, &mut ws.p[..whole.projection_len()]);
+    generate_projection(
+        job.state.seed,
+        period,
+        cfg.rank,
+        d,
+        &mut ws.p[..whole.projection_len()],
+    );
     let p: Vec<f32> = if job.shard.splits_compressed() {
         (0..cfg.rank)
             .flat_map(|k| ws.p[k * d + off..k * d + off + dl].iter().copied())
@@ -343,7 +363,12 @@ fn project<T: Element>(cfg: &ApolloConfig, job: &ShardJob<'_, T>, ws: &mut Works
     }
 }
 
-fn apply<T: Element>(cfg: &ApolloConfig, job: &mut ShardJob<'_, T>, p: &Pending, threads: usize) -> StepOutcome {
+fn apply<T: Element>(
+    cfg: &ApolloConfig,
+    job: &mut ShardJob<'_, T>,
+    p: &Pending,
+    threads: usize,
+) -> StepOutcome {
     let whole = job.shard.whole(cfg.rank);
     let geo = job.shard.local(job.m, job.n, cfg.rank);
     let threads = if job.m * job.n < 1 << 16 { 1 } else { threads };

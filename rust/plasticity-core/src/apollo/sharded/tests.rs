@@ -76,19 +76,31 @@ fn cfg(rank: usize, scale_type: ScaleType) -> ApolloConfig {
 fn block(x: &[f32], m: usize, n: usize, axis: ShardAxis, lo: usize, hi: usize) -> Vec<f32> {
     match axis {
         ShardAxis::Rows => x[lo * n..hi * n].to_vec(),
-        ShardAxis::Cols => (0..m).flat_map(|i| x[i * n + lo..i * n + hi].iter().copied()).collect(),
+        ShardAxis::Cols => (0..m)
+            .flat_map(|i| x[i * n + lo..i * n + hi].iter().copied())
+            .collect(),
     }
 }
 
 /// The gradient of step t: random, with a jump at step 20 so the limiter fires.
 fn grad(t: u64, m: usize, n: usize) -> Vec<f32> {
     let g = randn(1000 + t, m * n, if t >= 20 { 3.0 } else { 1.0 });
-    g.iter().enumerate().map(|(i, &x)| x + 0.2 * ((i % 7) as f32)).collect()
+    g.iter()
+        .enumerate()
+        .map(|(i, &x)| x + 0.2 * ((i % 7) as f32))
+        .collect()
 }
 
 /// Runs `steps` steps whole and in `splits` shards; returns (relative error of the
 /// update, limiter fired, bytes reduced per step per rank).
-fn compare(m: usize, n: usize, axis: ShardAxis, splits: &[usize], c: &ApolloConfig, steps: u64) -> (f64, bool, usize) {
+fn compare(
+    m: usize,
+    n: usize,
+    axis: ShardAxis,
+    splits: &[usize],
+    c: &ApolloConfig,
+    steps: u64,
+) -> (f64, bool, usize) {
     let seed = 77;
     let w0 = randn(5, m * n, 0.5);
     let mut whole = w0.clone();
@@ -141,7 +153,10 @@ fn compare(m: usize, n: usize, axis: ShardAxis, splits: &[usize], c: &ApolloConf
                 };
                 let local = shard.local(lm, ln, c.rank);
                 let mut w = block(&w0, m, n, axis, lo, hi);
-                let (mut m1, mut m2) = (vec![0f32; local.moment_len()], vec![0f32; local.moment_len()]);
+                let (mut m1, mut m2) = (
+                    vec![0f32; local.moment_len()],
+                    vec![0f32; local.moment_len()],
+                );
                 let mut st = MatrixState {
                     seed,
                     ..Default::default()
@@ -160,7 +175,10 @@ fn compare(m: usize, n: usize, axis: ShardAxis, splits: &[usize], c: &ApolloConf
                     )
                     .unwrap();
                 }
-                assert_eq!(me.sent as u64, steps * shard.reduced_bytes(lm, ln, c.rank) as u64);
+                assert_eq!(
+                    me.sent as u64,
+                    steps * shard.reduced_bytes(lm, ln, c.rank) as u64
+                );
                 (w, me.sent / steps as usize)
             })
         })
@@ -185,7 +203,14 @@ fn one_step_on_shards_equals_the_whole_step() {
     for (m, n) in [(48, 20), (20, 48), (32, 32)] {
         for axis in [ShardAxis::Rows, ShardAxis::Cols] {
             let along = if axis == ShardAxis::Rows { m } else { n };
-            let (e, _, _) = compare(m, n, axis, &[0, along / 2, along], &cfg(4, ScaleType::Channel), 1);
+            let (e, _, _) = compare(
+                m,
+                n,
+                axis,
+                &[0, along / 2, along],
+                &cfg(4, ScaleType::Channel),
+                1,
+            );
             assert!(e < 1e-5, "{m}×{n} {axis:?}: relative error {e}");
         }
     }
@@ -241,7 +266,11 @@ fn a_non_finite_shard_stops_every_rank() {
             .map(|rank| {
                 let (group, c) = (group.clone(), c.clone());
                 std::thread::spawn(move || {
-                    let (lo, hi) = if rank == 0 { (0, along / 2) } else { (along / 2, along) };
+                    let (lo, hi) = if rank == 0 {
+                        (0, along / 2)
+                    } else {
+                        (along / 2, along)
+                    };
                     let shard = Shard {
                         axis,
                         offset: lo,
@@ -259,7 +288,10 @@ fn a_non_finite_shard_stops_every_rank() {
                         g[3] = f32::NAN;
                     }
                     let mut w = vec![1f32; lm * ln];
-                    let (mut m1, mut m2) = (vec![0f32; local.moment_len()], vec![0f32; local.moment_len()]);
+                    let (mut m1, mut m2) = (
+                        vec![0f32; local.moment_len()],
+                        vec![0f32; local.moment_len()],
+                    );
                     let mut st = MatrixState::default();
                     let mut me = Member {
                         group,
@@ -282,7 +314,9 @@ fn a_non_finite_shard_stops_every_rank() {
                     )
                     .unwrap();
                     assert_eq!(out, StepOutcome::SkippedNonFinite, "rank {rank} {axis:?}");
-                    assert!(w.iter().all(|&x| x == 1.0) && m1.iter().all(|&x| x == 0.0) && st.step == 0);
+                    assert!(
+                        w.iter().all(|&x| x == 1.0) && m1.iter().all(|&x| x == 0.0) && st.step == 0
+                    );
                 })
             })
             .collect();
@@ -404,7 +438,11 @@ fn many_matrices_take_three_sums_and_match_their_whole_steps() {
                     .enumerate()
                     .map(|(i, &(m, n, axis))| {
                         let along = if axis == ShardAxis::Rows { m } else { n };
-                        let (lo, hi) = if rank == 0 { (0, along / 2) } else { (along / 2, along) };
+                        let (lo, hi) = if rank == 0 {
+                            (0, along / 2)
+                        } else {
+                            (along / 2, along)
+                        };
                         let shard = Shard {
                             axis,
                             offset: lo,
@@ -422,7 +460,17 @@ fn many_matrices_take_three_sums_and_match_their_whole_steps() {
                             seed: 9 + i as u64,
                             ..Default::default()
                         };
-                        (shard, lm, ln, w, vec![0f32; len], vec![0f32; len], st, lo, hi)
+                        (
+                            shard,
+                            lm,
+                            ln,
+                            w,
+                            vec![0f32; len],
+                            vec![0f32; len],
+                            st,
+                            lo,
+                            hi,
+                        )
                     })
                     .collect();
                 let mut me = Member {
@@ -460,11 +508,25 @@ fn many_matrices_take_three_sums_and_match_their_whole_steps() {
                         })
                         .collect();
                     let out = apollo_step_sharded_many(&c, &mut jobs, &mut me, &mut ws).unwrap();
-                    assert_eq!(out[poisoned], StepOutcome::SkippedNonFinite, "rank {rank} step {t}");
-                    assert!(out.iter().enumerate().all(|(i, o)| i == poisoned || o.applied()));
+                    assert_eq!(
+                        out[poisoned],
+                        StepOutcome::SkippedNonFinite,
+                        "rank {rank} step {t}"
+                    );
+                    assert!(out
+                        .iter()
+                        .enumerate()
+                        .all(|(i, o)| i == poisoned || o.applied()));
                 }
-                assert_eq!(me.calls as u64, 3 * steps, "three sums per step, not one per matrix");
-                blocks.into_iter().map(|b| (b.3, b.7, b.8)).collect::<Vec<_>>()
+                assert_eq!(
+                    me.calls as u64,
+                    3 * steps,
+                    "three sums per step, not one per matrix"
+                );
+                blocks
+                    .into_iter()
+                    .map(|b| (b.3, b.7, b.8))
+                    .collect::<Vec<_>>()
             })
         })
         .collect();
@@ -485,7 +547,11 @@ fn many_matrices_take_three_sums_and_match_their_whole_steps() {
             assert_eq!(upd, 0.0);
             assert_eq!(err, 0.0, "a skipped matrix was written");
         } else {
-            assert!((err / upd).sqrt() < 1e-5, "matrix {i}: {}", (err / upd).sqrt());
+            assert!(
+                (err / upd).sqrt() < 1e-5,
+                "matrix {i}: {}",
+                (err / upd).sqrt()
+            );
         }
     }
 }
