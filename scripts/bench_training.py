@@ -107,13 +107,13 @@ def run_mode(a) -> dict:
     rss = PeakRSS().start()
     times, state_bytes, extra = [], 0, {}
     if a.mode.startswith("ours"):
-        from plasticity._plasticity import TrainQueue
+        from plasticity.training.queue import ExampleQueue
         from plasticity.training import config as tc, core
 
         cfg = tc.from_dict({"enabled": True, "lr": 1e-6, "rank": a.rank, "replay_ratio": 0.0,
                             "journal": "/dev/null", "threads": a.threads, "autocast": a.autocast,
                             "atomic_steps": a.mode == "ours"})
-        tr = core.Trainer(m, sel, cfg, TrainQueue(10), threading.Lock())
+        tr = core.Trainer(m, sel, cfg, ExampleQueue(10), threading.Lock())
         prof0 = {}
         for i, b in enumerate(data):
             t0 = time.perf_counter()

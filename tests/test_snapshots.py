@@ -16,7 +16,7 @@ import torch
 
 from models import heldout_path, model_dir
 
-from plasticity._plasticity import TrainQueue
+from plasticity.training.queue import ExampleQueue
 from plasticity.training import config as tc, core, snapshots, views
 
 REPLY_A = "Ticket received. An engineer will answer within one day."
@@ -42,7 +42,7 @@ def rig(tmp_path):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir("qwen3-tiny"))
-    tr = core.Trainer(m, sel, cfg, TrainQueue(100), lock, tokenizer=tok)
+    tr = core.Trainer(m, sel, cfg, ExampleQueue(100), lock, tokenizer=tok)
     tr.load_heldout(max_tokens=2048)
     params = {n: p for n, p in m.named_parameters() if n in sel}
     base = snapshots.BaseWeights(model_dir("qwen3-tiny"), params)

@@ -102,7 +102,7 @@ def test_trainer_widens_only_while_serving_is_idle(tmp_path):
     from transformers import AutoModelForCausalLM
 
     from models import model_dir
-    from plasticity._plasticity import TrainQueue
+    from plasticity.training.queue import ExampleQueue
     from plasticity.training import config as tc, core, views
 
     machine = cpus.machine_cpus()
@@ -120,7 +120,7 @@ def test_trainer_widens_only_while_serving_is_idle(tmp_path):
     n0 = torch.get_num_threads()
     os.sched_setaffinity(0, {one})  # the worker's mask, inherited by the training thread
     try:
-        tr = core.Trainer(m, sorted(sel), cfg, TrainQueue(100), threading.Lock(), last_serve=lambda: served[0])
+        tr = core.Trainer(m, sorted(sel), cfg, ExampleQueue(100), threading.Lock(), last_serve=lambda: served[0])
         tr.start()
     finally:
         os.sched_setaffinity(0, before)

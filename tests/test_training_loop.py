@@ -10,19 +10,19 @@ import torch
 
 from models import model_dir
 
-from plasticity._plasticity import TrainQueue
 from plasticity.training import config as tc, core, views
+from plasticity.training.queue import ExampleQueue
 
 
 def test_train_queue_bounded_and_timeout():
-    q = TrainQueue(2)
+    q = ExampleQueue(2)
     assert q.push({"a": 1}) and q.push(2) and not q.push(3)
     assert len(q) == 2 and q.pop(0.0) == {"a": 1} and q.pop(0.0) == 2
     assert q.pop(0.05) is None
     with pytest.raises(ValueError):
         q.pop(float("nan"))
     with pytest.raises(ValueError):
-        TrainQueue(0)
+        ExampleQueue(0)
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def trainer(tmp_path):
         p.requires_grad_(n in sel)
     cfg = tc.from_dict({"enabled": True, "lr": 1e-3, "rank": 8, "journal": str(tmp_path / "j.jsonl"),
                         "checkpoint_dir": str(tmp_path / "ck"), "checkpoint_every": 1, "replay_ratio": 0.0})
-    return core.Trainer(m, sorted(sel), cfg, TrainQueue(100), threading.Lock()), cfg, m
+    return core.Trainer(m, sorted(sel), cfg, ExampleQueue(100), threading.Lock()), cfg, m
 
 
 def _ex(i):
@@ -117,7 +117,7 @@ def test_rolled_back_step_leaves_no_trace(trainer, tmp_path):
         p.requires_grad_(n in tr.trainable)
     cfg2 = tc.from_dict({"enabled": True, "lr": 1e-3, "rank": 8, "journal": str(tmp_path / "j2.jsonl"),
                          "replay_ratio": 0.0})
-    tr2 = core.Trainer(m2, tr.trainable, cfg2, TrainQueue(100), threading.Lock())
+    tr2 = core.Trainer(m2, tr.trainable, cfg2, ExampleQueue(100), threading.Lock())
     h = _poison_mid_backward(tr, m)
     assert tr.step([_ex(1)])["skipped"]
     h.remove()
@@ -138,7 +138,7 @@ def test_non_atomic_steps_leave_later_layers_stepped(tmp_path):
         p.requires_grad_(n in sel)
     cfg = tc.from_dict({"enabled": True, "lr": 1e-3, "rank": 8, "journal": str(tmp_path / "j.jsonl"),
                         "replay_ratio": 0.0, "atomic_steps": False})
-    tr = core.Trainer(m, sorted(sel), cfg, TrainQueue(100), threading.Lock())
+    tr = core.Trainer(m, sorted(sel), cfg, ExampleQueue(100), threading.Lock())
     before = {n: p.detach().clone() for n, p in m.named_parameters()}
     h = _poison_mid_backward(tr, m)
     res = tr.step([_ex(1)])
@@ -171,7 +171,7 @@ def _tiny_trainer(tmp_path, name, lock, lock_batch_bytes):
         p.requires_grad_(n in sel)
     cfg = tc.from_dict({"enabled": True, "lr": 1e-3, "rank": 8, "journal": str(tmp_path / f"{name}.jsonl"),
                         "replay_ratio": 0.0})
-    tr = core.Trainer(m, sorted(sel), cfg, TrainQueue(100), lock)
+    tr = core.Trainer(m, sorted(sel), cfg, ExampleQueue(100), lock)
     tr.opt.lock_batch_bytes = lock_batch_bytes
     return tr, m
 
@@ -243,7 +243,7 @@ def test_journal_recovery_trains_untrained_and_not_trained(trainer, tmp_path):
     m2 = AutoModelForCausalLM.from_pretrained(model_dir("qwen3-tiny"), dtype=torch.float32).eval()
     for n, p in m2.named_parameters():
         p.requires_grad_(n in tr.trainable)
-    tr2 = core.Trainer(m2, tr.trainable, cfg, TrainQueue(100), threading.Lock())
+    tr2 = core.Trainer(m2, tr.trainable, cfg, ExampleQueue(100), threading.Lock())
     n = tr2.recover(cfg.journal)
     assert n == 2
     ids = sorted(x["id"] for x in tr2.queue.drain())
@@ -307,7 +307,7 @@ def test_autocast_bf16_runs_the_passes_in_bf16_and_steps_float32_weights(tmp_pat
         before = {n: p.detach().clone() for n, p in m.named_parameters() if n in sel}
         cfg = tc.from_dict({"enabled": True, "lr": 1e-3, "rank": 8, "journal": str(tmp_path / f"{mode}.jsonl"),
                             "replay_ratio": 0.0, "autocast": mode})
-        tr = core.Trainer(m, sel, cfg, TrainQueue(10), threading.Lock())
+        tr = core.Trainer(m, sel, cfg, ExampleQueue(10), threading.Lock())
         res = tr.step([_ex(i) for i in range(4)])
         assert not res["skipped"]
         losses[mode] = res["loss"]

@@ -29,7 +29,7 @@ sys.path.insert(0, sys.argv[1])
 import torch
 from models import model_dir
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from plasticity._plasticity import TrainQueue
+from plasticity.training.queue import ExampleQueue
 from plasticity.training import config as tc, core, views
 
 root, phase = sys.argv[2], sys.argv[3]
@@ -41,7 +41,7 @@ for n, p in m.named_parameters():
 cfg = tc.from_dict({"enabled": True, "lr": 1e-3, "rank": 8, "replay_ratio": 0.0, "batch_size": 2,
                     "journal": root + "/journal.jsonl", "yield_ms": 400.0 if phase == "1" else 0.0})
 tok = AutoTokenizer.from_pretrained(model_dir("qwen3-tiny"))
-tr = core.Trainer(m, sel, cfg, TrainQueue(100), threading.Lock(), tokenizer=tok)
+tr = core.Trainer(m, sel, cfg, ExampleQueue(100), threading.Lock(), tokenizer=tok)
 
 def nll():
     dec = tok(%r)["input_ids"]
@@ -121,7 +121,7 @@ def test_sigkill_mid_training_without_checkpoints_keeps_every_acknowledged_examp
 def test_examples_never_trained_are_not_trained_after_a_restart(tmp_path, status):
     import threading
 
-    from plasticity._plasticity import TrainQueue
+    from plasticity.training.queue import ExampleQueue
     from plasticity.training import config as tc, core
 
     cfg = tc.from_dict({"enabled": True, "journal": str(tmp_path / "j.jsonl")})
@@ -138,7 +138,7 @@ def test_examples_never_trained_are_not_trained_after_a_restart(tmp_path, status
             return iter(())
 
     tr = core.Trainer.__new__(core.Trainer)
-    tr.cfg, tr.queue, tr.lock, tr.model = cfg, TrainQueue(10), threading.Lock(), Model()
+    tr.cfg, tr.queue, tr.lock, tr.model = cfg, ExampleQueue(10), threading.Lock(), Model()
     tr.done_journal, tr.seen, tr.stats = core.Journal(cfg.done_journal), set(), {"step": 0}
     assert tr.recover(cfg.journal) == 1  # "b" was trained but is not in any checkpoint: again
     assert tr.queue.pop(0.0)["id"] == "b"

@@ -1,6 +1,6 @@
 """Shared machinery of the experiments: the model + Trainer rig, evaluation, reports.
 
-Every experiment trains through the code path the server uses: ``training.core.Trainer.step``
+Every experiment trains through the code path the server uses: ``training.trainer.Trainer.step``
 (context-frozen loss, replay mixing by credit, fused ``LiveApollo`` stepping each parameter from
 its gradient hook), on a transformers model loaded from a model folder. Between runs the
 trainable weights are reset to the model's own values (kept once in memory), and each run gets
@@ -253,7 +253,7 @@ class Rig:
     def trainer(self, *, lr: float, rank: int = 32, scale_type: str = "channel", replay_ratio: float = 0.25,
                 seed: int | None = None, **over):
         """A fresh Trainer (fresh optimizer) on the rig's model; the previous one is released first."""
-        from plasticity._plasticity import TrainQueue
+        from plasticity.training.queue import ExampleQueue
         from plasticity.training import config as tc, core
 
         self.release()
@@ -261,7 +261,7 @@ class Rig:
                             "replay_ratio": replay_ratio, "replay_source": str(self.replay_path),
                             "heldout": str(self.heldout_path), "seed": self.seed if seed is None else seed,
                             "threads": 1, **over})
-        tr = core.Trainer(self.model, self.trainable, cfg, TrainQueue(16), self.lock, tokenizer=self.tok)
+        tr = core.Trainer(self.model, self.trainable, cfg, ExampleQueue(16), self.lock, tokenizer=self.tok)
         tr.replay, tr.heldout_ids = self.replay, self.heldout_ids
         self._trainer = tr
         return tr
@@ -625,7 +625,7 @@ def base_setup(rig: Rig, args) -> dict:
             "trainable_params": rig.n_trainable, "heldout_text": str(rig.heldout_path),
             "heldout_tokens": int(rig.heldout_ids.numel()) if rig.heldout_ids is not None else 0,
             "replay_text": str(rig.replay_path), "seed": rig.seed, "torch_threads": torch.get_num_threads(),
-            "training_path": "plasticity.training.core.Trainer.step (context-frozen, fused LiveApollo)"}
+            "training_path": "plasticity.training.trainer.Trainer.step (context-frozen, fused LiveApollo)"}
 
 
 def panel_bars(path: Path, labels: list[str], metrics: dict[str, list[float]], *, title: str) -> str | None:

@@ -8,7 +8,6 @@ mod apollo;
 mod apollo_sharded;
 mod lowrank;
 mod merge;
-mod queue;
 mod steering;
 mod tensor;
 
@@ -25,7 +24,6 @@ fn _plasticity(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(apollo::fill_projection, m)?)?;
     m.add_function(wrap_pyfunction!(apollo::bf16_projection_available, m)?)?;
     m.add_function(wrap_pyfunction!(steering::steering_add_, m)?)?;
-    m.add_class::<queue::TrainQueue>()?;
     m.add_function(wrap_pyfunction!(merge::tv_delta_of, m)?)?;
     m.add_function(wrap_pyfunction!(merge::tv_add_delta_, m)?)?;
     m.add_function(wrap_pyfunction!(merge::tv_roundtrip, m)?)?;
