@@ -32,7 +32,7 @@ from plasticity.http.body import MAX_BODY, BodyError, json_object, loads
 from plasticity.http.errors import error_response as _err
 from plasticity.http.errors import private_dir
 from plasticity.training import config as training_config
-from plasticity.training.core import Journal
+from plasticity.training.journal import Journal
 
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}", re.ASCII)
 log = logging.getLogger("vllm.plasticity.training")
