@@ -1,5 +1,4 @@
-"""Worker side of steering: build the steering state at model load; the RPC bodies
-(exposed by ``extension.WorkerExtension``)."""
+"""Worker patches: build the steering state at model load, expose RPC methods."""
 
 from __future__ import annotations
 
@@ -49,7 +48,7 @@ def _wrap_load_model(orig):
     return load_model
 
 
-def rpc(fn):
+def _rpc(fn):
     # RPC results cross a process boundary: return errors as data instead of
     # raising into vLLM's worker loop.
     def method(self, *args, **kwargs):
@@ -62,25 +61,29 @@ def rpc(fn):
     return method
 
 
-def info(st):
+def _info(st):
     return st.describe()
 
 
-def register_vector(st, name, layers, data, replace=False):
+def _register(st, name, layers, data, replace=False):
     return st.register_vector(name, list(layers), data, replace)
 
 
-def delete_vector(st, name):
+def _delete(st, name):
     return {"deleted": st.delete_vector(name)}
 
 
-def request_key(st, proposed):
+def _request_key(st, proposed):
     return {"key": st.agree_request_key(proposed)}
 
 
 def install() -> None:
     if not getattr(Worker.load_model, "_plasticity", False):
         Worker.load_model = _wrap_load_model(Worker.load_model)
+    Worker.plasticity_info = _rpc(_info)
+    Worker.plasticity_register_vector = _rpc(_register)
+    Worker.plasticity_delete_vector = _rpc(_delete)
+    Worker.plasticity_request_key = _rpc(_request_key)
     runner_v1.install()
     runner_v2.install()
     from . import training  # online training: only when [training] enabled
