@@ -107,7 +107,7 @@ def test_error_messages_do_not_echo_megabyte_inputs(client):
 def _trainer(tmp_path, **cfg):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from plasticity._plasticity import TrainQueue
+    from plasticity.training.queue import ExampleQueue
     from plasticity.training import config as tc, core, views
 
     m = AutoModelForCausalLM.from_pretrained(model_dir("qwen3-tiny"))
@@ -117,7 +117,7 @@ def _trainer(tmp_path, **cfg):
     c = tc.from_dict({"enabled": True, "lr": 1e-3, "rank": 8, "replay_ratio": 0.0, "batch_size": 2,
                       "journal": str(tmp_path / "j.jsonl"), **cfg})
     tok = AutoTokenizer.from_pretrained(model_dir("qwen3-tiny"))
-    return core.Trainer(m, sel, c, TrainQueue(100), threading.Lock(), tokenizer=tok), tok
+    return core.Trainer(m, sel, c, ExampleQueue(100), threading.Lock(), tokenizer=tok), tok
 
 
 @pytest.mark.parametrize("changes,fragment", [

@@ -76,7 +76,7 @@ class _State:
     def __init__(self, runner, cfg):
         from transformers import AutoConfig, AutoTokenizer
 
-        from plasticity._plasticity import TrainQueue
+        from plasticity.training.queue import ExampleQueue
         from plasticity.training import core, snapshots, views
 
         mc = runner.model_config
@@ -93,7 +93,7 @@ class _State:
             tok = AutoTokenizer.from_pretrained(mc.tokenizer)
         except Exception:  # noqa: BLE001
             tok = None
-        self.queue = TrainQueue(cfg.queue_capacity)
+        self.queue = ExampleQueue(cfg.queue_capacity)
         self.trainer = core.Trainer(self.model, trainable, cfg, self.queue, LOCK, tokenizer=tok,
                                     last_serve=lambda: _LAST_FORWARD[0])
         self.trainer.load_replay()
