@@ -331,7 +331,8 @@ class Server:
                "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1"}
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model, "--dtype", self.dtype,
                "--gpu-memory-utilization", "0.2", "--max-model-len", "1024", "--host", "127.0.0.1",
-               "--port", str(self.port), "--api-key", self.key]
+               "--port", str(self.port), "--api-key", self.key,
+               "--worker-extension-cls", "plasticity.vllm_plugin.extension.WorkerExtension"]
         self.log = open(self.work / f"server-{int(time.time())}.log", "wb")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=env, start_new_session=True, cwd=self.work)

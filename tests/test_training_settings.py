@@ -1,4 +1,4 @@
-"""``POST /v1/training/settings`` on the worker side (``_settings``), without a server."""
+"""``POST /v1/training/settings`` on the worker side (``settings``), without a server."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import types
 
 import pytest
 
-from plasticity.vllm_plugin.training import _settings
+from plasticity.vllm_plugin.training import settings
 
 
 def _state(lr=1e-3):
@@ -17,12 +17,12 @@ def _state(lr=1e-3):
 
 def test_replay_seed_restarts_the_replay_stream():
     st = _state()
-    out = _settings(st, {"replay_seed": 10})
+    out = settings(st, {"replay_seed": 10})
     assert out["replay_seed"] == 10 and st.trainer.replay_credit == 0.0
     first = [st.trainer.rng.random() for _ in range(5)]
-    _settings(st, {"replay_seed": 10})
+    settings(st, {"replay_seed": 10})
     assert [st.trainer.rng.random() for _ in range(5)] == first
-    _settings(st, {"replay_seed": 11})
+    settings(st, {"replay_seed": 11})
     assert [st.trainer.rng.random() for _ in range(5)] != first
 
 
@@ -31,5 +31,5 @@ def test_replay_seed_restarts_the_replay_stream():
 def test_bad_settings_change_nothing(changes):
     st = _state()
     with pytest.raises(ValueError):
-        _settings(st, changes)
+        settings(st, changes)
     assert st.trainer.rng is None and st.trainer.opt.param_groups[0]["lr"] == 1e-3

@@ -55,11 +55,20 @@ class VLLMServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def plugin_loaded(self) -> bool:
+        """Whether the plasticity plugin loads (``VLLM_PLUGINS`` unset loads every installed one)."""
+        names = {**os.environ, **self.env}.get("VLLM_PLUGINS")
+        return names is None or "plasticity" in [n.strip() for n in names.split(",")]
+
     def command(self) -> list[str]:
+        extension = []
+        if self.plugin_loaded() and not any(a.startswith("--worker-extension-cls") for a in self.extra_args):
+            # the production RPCs plus the test hooks (tests/worker_test_extension.py)
+            extension = ["--worker-extension-cls", "worker_test_extension.WorkerExtensionForTests"]
         return [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
                 "--model", self.model, "--dtype", self.dtype,
                 "--gpu-memory-utilization", "0.2", "--max-model-len", str(self.max_model_len),
-                "--host", "127.0.0.1", "--port", str(self.port), *self.extra_args]
+                "--host", "127.0.0.1", "--port", str(self.port), *extension, *self.extra_args]
 
     def log_tail(self, n: int = 60) -> str:
         try:
@@ -74,6 +83,8 @@ class VLLMServer:
         env.setdefault("VLLM_NO_USAGE_STATS", "1")
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.update(self.env)
+        tests_dir = str(Path(__file__).resolve().parent)  # the workers import the test extension from here
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (tests_dir, env.get("PYTHONPATH")) if p)
         t0 = time.time()
         with open(self.log_path, "wb") as log:
             # Own session/process group: stop() can signal the engine workers too.

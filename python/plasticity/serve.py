@@ -1,10 +1,11 @@
 """``plasticity serve MODEL [vllm serve args] [--config plasticity.toml]``.
 
 ``vllm serve`` with the plasticity plugins loaded: sets ``PLASTICITY_CONFIG``
-(read by the API server and by every worker) and adds our two entry points to
-``VLLM_PLUGINS`` (kept as the user set it; when unset, every installed general
-plugin stays enabled, since naming any plugin turns the others off), then
-replaces this process with vLLM's OpenAI-compatible server.
+(read by the API server and by every worker), names our worker extension class
+(``--worker-extension-cls``) and adds our two entry points to ``VLLM_PLUGINS`` (kept
+as the user set it; when unset, every installed general plugin stays enabled, since
+naming any plugin turns the others off), then replaces this process with vLLM's
+OpenAI-compatible server.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from importlib.metadata import entry_points
 
 GENERAL = "plasticity"
 ENDPOINT = "plasticity_http"
+EXTENSION = "plasticity.vllm_plugin.extension.WorkerExtension"  # extension.QUALNAME (importing it needs vLLM)
 
 
 def plugin_env(environ: dict[str, str], config: str | None) -> dict[str, str]:
@@ -72,6 +74,14 @@ def lora_args(config: str | None, rest: list[str]) -> list[str]:
     return ["--enable-lora", "--max-loras", str(sc.serve_max + 1), "--max-lora-rank", str(sc.serve_max_rank)]
 
 
+def extension_args(rest: list[str]) -> list[str]:
+    """vLLM's option that mixes our RPC methods into its worker class, unless the user names one
+    (it must then subclass ``WorkerExtension``; the API server checks at start-up)."""
+    if any(a == "--worker-extension-cls" or a.startswith("--worker-extension-cls=") for a in rest):
+        return []
+    return ["--worker-extension-cls", EXTENSION]
+
+
 def main(argv: list[str]) -> int:
     model, config, rest = split_args(argv)
     if model is None and "--model" not in rest and not any(a.startswith("--model=") for a in rest):
@@ -80,6 +90,6 @@ def main(argv: list[str]) -> int:
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
     if model is not None:
         cmd += ["--model", model]
-    cmd += lora_args(env.get("PLASTICITY_CONFIG"), rest) + rest
+    cmd += extension_args(rest) + lora_args(env.get("PLASTICITY_CONFIG"), rest) + rest
     os.execve(sys.executable, cmd, env)
     return 0  # not reached

@@ -136,7 +136,7 @@ def test_absurd_settings_are_refused_and_change_nothing(tmp_path, changes, fragm
 
     lr0 = tr.opt.param_groups[0]["lr"]
     with pytest.raises(ValueError, match=fragment):
-        wt._settings(St(), changes)
+        wt.settings(St(), changes)
     assert tr.opt.param_groups[0]["lr"] == lr0 and tr.guard.threshold == 0.05
 
 

@@ -188,6 +188,9 @@ class PlasticityEndpoints:
     async def init_state(self, engine_client, state, args) -> None:
         if engine_client is None:
             return
+        from plasticity.vllm_plugin import extension
+
+        extension.require(getattr(args, "worker_extension_cls", None))
         self.tokens = auth.key_digests(args)
         self.model_path = getattr(args, "model", None)
         await self.training.init_state(engine_client, args, self.tokens)

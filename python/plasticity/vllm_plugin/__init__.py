@@ -5,7 +5,10 @@ In the worker it patches (before the model exists, docs/design/vllm-hooks.md §1
   the decoder layers (``state.SteeringState``);
 - the model runner, to rewrite the token→slot index before each forward
   (V1: ``runner_v1``, used by the CPU build; V2: ``runner_v2``, unverified);
-- ``Worker.plasticity_*`` methods, reached with ``collective_rpc`` from the API server.
+- with ``[training] enabled``: the linear layers' weight post-processing (weights stay plain)
+  and the runner's forward (the training lock).
+The RPC methods the API server reaches with ``collective_rpc`` are not patched in: they are the
+worker extension class ``extension.WorkerExtension``, named by ``--worker-extension-cls``.
 Everything is idempotent (vLLM may call ``register`` more than once).
 """
 

@@ -12,7 +12,8 @@
 - ``GPUModelRunner._model_forward`` (wrapped): holds the training lock for the
   whole forward; every parameter update takes the same lock, so no update
   lands halfway through a forward.
-- RPC methods ``plasticity_train_*`` (``collective_rpc``).
+- the bodies of the ``plasticity_train_*`` and ``plasticity_tv_*`` RPCs (exposed by
+  ``extension.WorkerExtension``).
 """
 
 from __future__ import annotations
@@ -203,6 +204,8 @@ def _state(worker, start=False):
     runner = worker.model_runner
     st = getattr(runner, "_plasticity_training", None)
     if st is None and start:
+        if not _INSTALLED:  # the forward lock and plain weights are only in place when [training] enabled
+            raise RuntimeError("online training is not enabled in this server ([training] enabled = false)")
         with torch.inference_mode(False):
             st = runner._plasticity_training = _State(runner, _cfg())
     if st is None:
@@ -210,7 +213,7 @@ def _state(worker, start=False):
     return st
 
 
-def _rpc(fn, start=False):
+def rpc(fn, start=False):
     def method(self, *args, **kwargs):
         try:
             with torch.inference_mode(False):
@@ -223,76 +226,38 @@ def _rpc(fn, start=False):
     return method
 
 
-def _start(st):
+def start(st):
     return {"recovered": st.recovered, "trainable": st.trainer.trainable}
 
 
-def _enqueue(st, examples):
+def enqueue(st, examples):
     return st.trainer.enqueue(list(examples))
 
 
-def _status(st):
+def status(st):
     return st.trainer.status()
 
 
-def _pause(st):
+def pause(st):
     st.trainer.paused.set()
     return {"paused": True}
 
 
-def _resume(st):
+def resume(st):
     st.trainer.paused.clear()
     return {"paused": False}
 
 
-def _selfcheck(st, ids):
-    """Greedy next tokens of the trainable view module (compare with the served model),
-    and the zero-copy check."""
-    if isinstance(ids, str):  # dev-mode /collective_rpc passes strings
-        ids = [int(x) for x in ids.split(",")]
-    with torch.no_grad():
-        logits = st.model(input_ids=torch.tensor([list(ids)])).logits[0]
-    import os
-
-    import psutil
-
-    return {"argmax": logits.argmax(-1).tolist(), "zero_copy_violations": len(
-        __import__("plasticity.training.views", fromlist=["x"]).check_zero_copy(st.model, st.live, st.where)),
-        "rss_bytes": psutil.Process(os.getpid()).memory_info().rss}
-
-
-def _eval(st):
+def evaluate(st):
     st.trainer._eval()
     return {"heldout_ppl": st.trainer.stats["heldout_ppl"]}
 
 
-def _checkpoint(st):
+def checkpoint(st):
     return {"path": str(st.trainer.checkpoint())}
 
 
-def _scale_param(st, name, factor):
-    """Test hook: multiply one live tensor in place (under the lock)."""
-    with LOCK, torch.no_grad():
-        st.live[name].mul_(float(factor))
-    st.trainer._bump()
-    return {"name": name}
-
-
-def _digest(st, pattern=""):
-    """Test hook: float64 sum and abs-sum of each trainable tensor whose name contains ``pattern``."""
-    import hashlib
-
-    params = dict(st.model.named_parameters())
-    with LOCK, torch.no_grad():
-        d = {n: [float(params[n].double().sum()), float(params[n].double().abs().sum())]
-             for n in st.trainer.trainable if pattern in n}
-        h = hashlib.sha256()
-        for n in sorted(d):
-            h.update(params[n].detach().contiguous().view(torch.uint8).numpy().tobytes())
-        return {"digest": d, "sha256": h.hexdigest()}
-
-
-def _settings(st, changes=None):
+def settings(st, changes=None):
     """Change training settings while serving (lr, guard_threshold, replay_seed); returns the current ones.
     Every value is checked (strict numbers, bounded) before any is applied."""
     from plasticity.numbers import parse_float, parse_int
@@ -326,7 +291,7 @@ def _settings(st, changes=None):
             **({"replay_seed": changes["replay_seed"]} if "replay_seed" in changes else {})}
 
 
-def _embed(st, batch):
+def embed(st, batch):
     """Mean-pooled final hidden states of the live weights (the dream loop's novelty filter).
     ``batch``: lists of token ids. Read-only; runs outside the lock (a concurrent update makes
     one embedding mix old and new weights, harmless for a similarity filter)."""
@@ -339,12 +304,12 @@ def _embed(st, batch):
     return {"embeddings": out}
 
 
-def _discard(st):
+def discard(st):
     """Drop every queued example (e.g. after a guard trip); they are journaled as discarded."""
     return {"discarded": st.trainer.discard_queued()}
 
 
-def _tv_submit(st, op, args=None):
+def tv_submit(st, op, args=None):
     """Queue a snapshot operation on the training thread; poll ``plasticity_tv_job``."""
     args = dict(args or {})
     fns = {
@@ -359,15 +324,15 @@ def _tv_submit(st, op, args=None):
     return {"job": st.trainer.submit(fns[op], changes_weights=op in ("restore", "apply"))}
 
 
-def _tv_job(st, jid):
+def tv_job(st, jid):
     return {"job": st.trainer.job(jid)}
 
 
-def _tv_list(st):
+def tv_list(st):
     return {"snapshots": st.snaps.list(), "current": st.snaps.current, "base": st.base.info()}
 
 
-def _tv_meta(st, name):
+def tv_meta(st, name):
     from plasticity.training.snapshots import SnapshotError
 
     try:
@@ -389,27 +354,9 @@ def install() -> None:
         return
     _INSTALLED = True
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
-    from vllm.v1.worker.gpu_worker import Worker
 
     _keep_plain_cpu_weights()
     if not getattr(GPUModelRunner._model_forward, "_plasticity_train", False):
         GPUModelRunner._model_forward = _wrap_forward(GPUModelRunner._model_forward)
-    Worker.plasticity_train_start = _rpc(_start, start=True)
-    Worker.plasticity_train_enqueue = _rpc(_enqueue)
-    Worker.plasticity_train_status = _rpc(_status)
-    Worker.plasticity_train_pause = _rpc(_pause)
-    Worker.plasticity_train_resume = _rpc(_resume)
-    Worker.plasticity_train_selfcheck = _rpc(_selfcheck)
-    Worker.plasticity_train_checkpoint = _rpc(_checkpoint)
-    Worker.plasticity_train_eval = _rpc(_eval)
-    Worker.plasticity_train_scale_param = _rpc(_scale_param)
-    Worker.plasticity_train_digest = _rpc(_digest)
-    Worker.plasticity_train_settings = _rpc(_settings)
-    Worker.plasticity_train_discard = _rpc(_discard)
-    Worker.plasticity_train_embed = _rpc(_embed)
-    Worker.plasticity_tv_submit = _rpc(_tv_submit)
-    Worker.plasticity_tv_job = _rpc(_tv_job)
-    Worker.plasticity_tv_list = _rpc(_tv_list)
-    Worker.plasticity_tv_meta = _rpc(_tv_meta)
     log.info("plasticity: online-training hooks installed (lr %g, rank %d, modules %s)", cfg.lr, cfg.rank,
              list(cfg.modules))

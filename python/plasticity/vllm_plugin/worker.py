@@ -1,4 +1,5 @@
-"""Worker patches: build the steering state at model load, expose RPC methods."""
+"""Worker side of steering: build the steering state at model load; the RPC bodies
+(exposed by ``extension.WorkerExtension``)."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def _wrap_load_model(orig):
     return load_model
 
 
-def _rpc(fn):
+def rpc(fn):
     # RPC results cross a process boundary: return errors as data instead of
     # raising into vLLM's worker loop.
     def method(self, *args, **kwargs):
@@ -61,29 +62,25 @@ def _rpc(fn):
     return method
 
 
-def _info(st):
+def info(st):
     return st.describe()
 
 
-def _register(st, name, layers, data, replace=False):
+def register_vector(st, name, layers, data, replace=False):
     return st.register_vector(name, list(layers), data, replace)
 
 
-def _delete(st, name):
+def delete_vector(st, name):
     return {"deleted": st.delete_vector(name)}
 
 
-def _request_key(st, proposed):
+def request_key(st, proposed):
     return {"key": st.agree_request_key(proposed)}
 
 
 def install() -> None:
     if not getattr(Worker.load_model, "_plasticity", False):
         Worker.load_model = _wrap_load_model(Worker.load_model)
-    Worker.plasticity_info = _rpc(_info)
-    Worker.plasticity_register_vector = _rpc(_register)
-    Worker.plasticity_delete_vector = _rpc(_delete)
-    Worker.plasticity_request_key = _rpc(_request_key)
     runner_v1.install()
     runner_v2.install()
     from . import training  # online training: only when [training] enabled
