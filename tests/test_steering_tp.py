@@ -41,6 +41,14 @@ def test_steering_at_tp2_equals_tp1(steer_server_eager, steering_files, hf_ref, 
         worst = max(worst, max(abs(a - b) for a, b in zip(lp1, lp2)))
     print(f"\nSTEERING TP=2 vs TP=1: {len(one)} completions, same tokens, max |Δ logprob| {worst:.2e}")
     assert worst <= 2e-3
-    # the steering is real: each prompt's steered completions differ from its plain one
+    # The steering is real: every steered completion moves away from its prompt's plain one, in its
+    # tokens or, where the greedy tokens survive (a toy model can repeat one token under any push),
+    # in the chosen-token logprobs by far more than TP's 2e-3; and most change their tokens.
+    moved_tokens = 0
     for p in ss.PROMPTS:
-        assert all(one[(p, i)][0] != one[(p, 0)][0] for i in range(1, len(XARGS))), p
+        ids0, lp0 = one[(p, 0)]
+        for i in range(1, len(XARGS)):
+            ids, lp = one[(p, i)]
+            moved_tokens += ids != ids0
+            assert ids != ids0 or max(abs(a - b) for a, b in zip(lp, lp0)) > 0.1, (p, XARGS[i])
+    assert moved_tokens > (len(ss.PROMPTS) * (len(XARGS) - 1)) // 2, moved_tokens
