@@ -54,9 +54,11 @@ def vllm_servers(tmp_path_factory):
 
 
 @pytest.fixture(params=["qwen3-tiny", "qwen3_5-tiny"])
-def vllm_server(request, vllm_servers):
-    """The server of one test model; started only when it is not the current one."""
-    return request.param, vllm_servers.get(request.param)
+def vllm_server(request):
+    """A server of one test model, shared with the other tests of its configuration: qwen3-tiny on
+    vanilla vLLM (no plugin, the steering baseline's server), qwen3_5-tiny on the shared bf16 one."""
+    fixture = "plain_server" if request.param == "qwen3-tiny" else "qwen3_5_server"
+    return request.param, request.getfixturevalue(fixture)
 
 
 # Server fixtures are function-scoped on purpose: a session-scoped one would
@@ -66,14 +68,16 @@ def vllm_server(request, vllm_servers):
 def _server_group(item) -> tuple:
     names = set(getattr(item, "fixturenames", ()))
     params = getattr(getattr(item, "callspec", None), "params", {})
+    if "vllm_server" in names:  # vanilla qwen3-tiny first (the steering baseline's server), then qwen3_5
+        return (1, "0") if params.get("vllm_server") == "qwen3-tiny" else (3, "qwen3_5-tiny")
     if names & {"plain_baseline", "steer_server"}:
-        return (1, "")
+        return (1, "1")
     if "steer_server_eager" in names:
         return (2, "")
     if item.module.__name__.endswith("test_steering_bf16"):
         return (3, str(params.get("name", "")))
-    if "vllm_server" in names:
-        return (4, str(params.get("vllm_server", "")))
+    if "qwen3_5_server" in names:  # after the steering and serving checks: training moves the weights
+        return (3, "qwen3_5-tiny~")
     if "train_server" in names:
         return (5, "")
     if "lora_server" in names:  # its main test and its attack cases share one server
@@ -123,6 +127,14 @@ def steering_files(tmp_path_factory):
     return {"root": root, "vectors": vecs, "config": cfg}
 
 
+@pytest.fixture
+def plain_server(vllm_servers, tmp_path_factory):
+    """qwen3-tiny, float32, compiled mode, on vanilla vLLM (every general plugin but ours)."""
+    import steering_support as ss
+
+    return _steering_server(vllm_servers, tmp_path_factory, ("plain-no-plugin",), ss.plain_env())
+
+
 @pytest.fixture(scope="session")
 def plain_baseline(vllm_servers, tmp_path_factory):
     """Greedy outputs of vLLM *without* the plugin for steering_support.PROMPTS (compiled mode)."""
@@ -158,6 +170,29 @@ def steer_server_eager(vllm_servers, tmp_path_factory, steering_files):
 
     return _steering_server(vllm_servers, tmp_path_factory, ("steer-eager",), ss.plugin_env(steering_files["config"]),
                             extra_args=("--api-key", ss.API_KEY, "--enforce-eager"))
+
+
+@pytest.fixture
+def qwen3_5_server(vllm_servers, tmp_path_factory, steering_files):
+    """The hybrid qwen3_5-tiny in bfloat16, one server for its steering, serving and training tests:
+    plugin + steering admin (the session's vectors) + [training] on all-linear and the GDN parameters
+    + the two suites' API keys + dev mode. Prefix caching is off, as for any hybrid served here."""
+    import steering_support as ss
+    import training_support as ts
+
+    key = ("qwen3_5-shared",)
+    if vllm_servers.current and vllm_servers.current[0] == key:
+        return vllm_servers.current[1]
+    root = tmp_path_factory.mktemp("qwen3_5")
+    cfg = ts.write_config(root, modules=["all-linear", "gdn"], batch_size=2, replay_ratio=0.5)
+    cfg.write_text(cfg.read_text() + f'\n[steering]\nadmin = true\nvectors_dir = "{steering_files["vectors"]}"\n'
+                   'max_abs_scale = 100.0\n')
+    env = {**ts.plugin_env(cfg), "VLLM_SERVER_DEV_MODE": "1"}
+    srv = _steering_server(vllm_servers, tmp_path_factory, key, env, dtype="bfloat16", model="qwen3_5-tiny",
+                           extra_args=("--api-key", ts.API_KEY, ss.API_KEY, "--no-enable-prefix-caching"))
+    srv.served_model_name = srv.model
+    srv.api_key = ts.API_KEY  # for VLLMServer.post; the steering tests send their own key
+    return srv
 # ---- end of plasticity steering fixtures ----
 
 

@@ -70,7 +70,7 @@ def _hf_prompt_logprobs(model, ids, deltas):
 
 
 @pytest.mark.parametrize("name", ["qwen3-tiny", "qwen3_5-tiny"])
-def test_bf16_steered_prompt_logprobs_match_transformers(name, vllm_servers, tmp_path_factory, steering_files):
+def test_bf16_steered_prompt_logprobs_match_transformers(name, vllm_servers, tmp_path_factory, steering_files, request):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from plasticity.steering.files import load_vector_file
@@ -79,7 +79,9 @@ def test_bf16_steered_prompt_logprobs_match_transformers(name, vllm_servers, tmp
     tok = AutoTokenizer.from_pretrained(d)
     model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.bfloat16).eval()
     ids = tok(TEXT)["input_ids"]
-    srv = _server(vllm_servers, tmp_path_factory, steering_files, name)
+    # the hybrid's bf16 server is shared with its serving and training tests (conftest.qwen3_5_server)
+    srv = (request.getfixturevalue("qwen3_5_server") if name == "qwen3_5-tiny"
+           else _server(vllm_servers, tmp_path_factory, steering_files, name))
 
     alpha = load_vector_file(steering_files["vectors"] / "alpha.safetensors")[0]  # layers 1, 2; norm 6
     scale = 20.0

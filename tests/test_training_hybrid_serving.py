@@ -17,21 +17,12 @@ from test_training_serving import _complete_ids, _rpc
 
 pytestmark = pytest.mark.vllm
 
-MODULES = ["all-linear", "gdn"]
 
 
 @pytest.fixture
-def hybrid_train_server(vllm_servers, tmp_path_factory):
-    from conftest import _steering_server
-
-    root = tmp_path_factory.mktemp("training-hybrid")
-    cfg = ts.write_config(root, modules=MODULES, batch_size=2, replay_ratio=0.5)
-    env = {**ts.plugin_env(cfg), "VLLM_SERVER_DEV_MODE": "1"}
-    srv = _steering_server(vllm_servers, tmp_path_factory, ("train-qwen3_5",), env,
-                           extra_args=("--api-key", ts.API_KEY, "--no-enable-prefix-caching"),
-                           dtype="bfloat16", model="qwen3_5-tiny")
-    srv.served_model_name = srv.model
-    return srv
+def hybrid_train_server(qwen3_5_server):
+    """The shared qwen3_5-tiny server (conftest): [training] on all-linear and the GDN parameters."""
+    return qwen3_5_server
 
 
 def test_hybrid_gdn_views_zero_copy_and_visible(hybrid_train_server):

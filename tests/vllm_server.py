@@ -50,6 +50,7 @@ class VLLMServer:
         self.port: int | None = None
         self.proc: subprocess.Popen | None = None
         self.startup_seconds: float | None = None
+        self.api_key: str | None = None  # sent by post() and served_model() when the server needs one
 
     @property
     def url(self) -> str:
@@ -130,14 +131,18 @@ class VLLMServer:
         self.stop()
 
     def post(self, path: str, payload: dict, timeout: float = 120.0) -> dict:
-        req = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(),
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(), headers=self._headers())
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
                 return json.loads(r.read())
         except urllib.error.HTTPError as e:
             raise VLLMServerError(f"POST {path} -> {e.code}: {e.read().decode(errors='replace')}")
 
+    def _headers(self) -> dict:
+        auth = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        return {"Content-Type": "application/json", **auth}
+
     def served_model(self) -> str:
-        with urllib.request.urlopen(self.url + "/v1/models", timeout=10) as r:
+        req = urllib.request.Request(self.url + "/v1/models", headers=self._headers())
+        with urllib.request.urlopen(req, timeout=10) as r:
             return json.loads(r.read())["data"][0]["id"]
