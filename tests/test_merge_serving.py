@@ -11,7 +11,13 @@ with weights 1, 1 and λ 1: live = base + τN + (τA − τN) + (τB − τN), t
 once, no knob to tune; in the offline sweep it kept ≥ 0.875 of both behaviours for each of four
 trainer seeds. The plain merge, and TIES (density 0.5, λ 1.5) with and without N, are measured
 beside it and reported. The CLI (``plasticity snapshot``) does the saves and the
-merges. Figures are printed (-s) and written to $PLASTICITY_BENCH_OUT/merge_e2e.json when set."""
+merges. Figures are printed (-s) and written to $PLASTICITY_BENCH_OUT/merge_e2e.json when set.
+
+A ``science`` test (off by default, ``-m science``): the retention is a measured claim, and it does
+not hold everywhere. On the project CI's machine (stop 25) the same recipe gave the relative merge
+0.00 ticket-reply / 1.00 refusal, with A and B alone at 1.00 and N at 0.00. The mechanics it uses
+(snapshot save/apply/rollback through the CLI, exact round trips) are gated by
+tests/test_snapshot_serving.py and tests/attacks/."""
 
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ from test_snapshot_serving import _ok, _pass_rate, _sha
 from plasticity.eval.anchors import anchor_prompts
 from plasticity.eval.behaviour import behaviour_files
 
-pytestmark = pytest.mark.vllm
+pytestmark = [pytest.mark.vllm, pytest.mark.science]
 PAIR = ("ticket-reply", "refusal")
 STEPS = 160  # examples per run; one per step, beside three replay windows (batch 4, replay 0.75)
 REPORT: dict = {}

@@ -91,6 +91,11 @@ def test_snapshots_rollback_negate_and_merge(tv_server):
                  {"method": "ties", "snapshots": ["A", "B"], "density": 0.5, "lambda": 1.0}):
         _ok(*ts.request(srv, "POST", "/v1/snapshots/apply", spec))
         merged[spec["method"]] = {b: _pass_rate(srv, b) for b in ("ticket-reply", "refusal")}
+    # a merge relative to B with A weighted 0: live = base + τB + 0·(τA − τB) = B, bit-identical (float64
+    # math, one rounding); a server that dropped relative_to would leave the base
+    spec = {"method": "task_arithmetic", "snapshots": ["A"], "weights": [0.0], "relative_to": "B"}
+    assert _ok(*ts.request(srv, "POST", "/v1/snapshots/apply", spec))["relative_to"] == "B"
+    assert _sha(srv) == b_sha
     listed = _ok(*ts.request(srv, "GET", "/v1/snapshots"))
     assert [s["name"] for s in listed["snapshots"]] == ["A", "B"] and listed["base"]["in_memory"] == 0
     _ok(*ts.request(srv, "POST", "/v1/rollback", {"to": "B"}))
@@ -102,9 +107,8 @@ def test_snapshots_rollback_negate_and_merge(tv_server):
     assert rate_a >= 0.75 and rate_b >= 0.75, REPORT
     # The merged pass rates are reported, not asserted: on this 300-step base every merge we
     # tried (task arithmetic λ 0.5-1, TIES density 0.2-1, λ 1-2) loses a behaviour
-    # (docs/task-vectors.md "Merging behaviours on the tiny model"). The merge that keeps both
-    # is asserted on the better-pretrained base in tests/test_merge_serving.py.
-    assert all(0.0 <= v <= 1.0 for m in merged.values() for v in m.values()), REPORT
+    # (docs/task-vectors.md "Merging behaviours on the tiny model"). The merge that keeps both is
+    # measured on the better-pretrained base by the science test tests/test_merge_serving.py.
 
 
 def _first_token_logprobs(srv, messages, salt=None):
