@@ -78,7 +78,9 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ENV = "PLASTICITY_CONFIG"
+from plasticity import config as plasticity_config
+
+ENV = plasticity_config.ENV
 
 DEFAULT_SCENARIO_PROMPT = (
     "Here are some notes from memory:\n{notes}\n\n"

@@ -12,17 +12,19 @@ vector = "calm"          # or "a,b"
 scale = 4.0              # or "4,-2"
 layers = "2,3"           # optional
 ```
-Relative paths are resolved against the config file's folder.
+Relative paths are resolved against the config file's folder. Values must have the TOML type
+shown (``admin = "false"`` is refused, see ``plasticity.config``).
 """
 
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ENV = "PLASTICITY_CONFIG"
+from .. import config
+
+ENV = config.ENV
 
 
 @dataclass
@@ -36,28 +38,24 @@ class SteeringConfig:
     source: Path | None = None
 
 
+_DEFAULTS = dict(admin=False, vectors_dir=None, max_abs_scale=1000.0, max_vector_norm=1e6, slots=32, default={})
+
+
 def load(path: str | os.PathLike | None = None) -> SteeringConfig:
-    path = path or os.environ.get(ENV)
-    if not path:
+    got = config.read(path)
+    if got is None:
         return SteeringConfig()
-    p = Path(path).expanduser().resolve()
-    with open(p, "rb") as f:
-        doc = tomllib.load(f)
-    sec = doc.get("steering", {})
-    if not isinstance(sec, dict):
-        raise ValueError(f"{p}: [steering] must be a table")
-    known = {"admin", "vectors_dir", "max_abs_scale", "max_vector_norm", "slots", "default"}
-    extra = set(sec) - known
-    if extra:
-        raise ValueError(f"{p}: unknown [steering] keys {sorted(extra)}")
-    vd = sec.get("vectors_dir")
+    doc, p = got
+    v = {**_DEFAULTS, **config.section(doc, "steering", p, _DEFAULTS)}
+    if not isinstance(v["default"], dict):
+        raise ValueError(f"{p}: [steering.default] must be a table")
     cfg = SteeringConfig(
-        admin=bool(sec.get("admin", False)),
-        vectors_dir=(p.parent / vd).resolve() if vd else None,
-        max_abs_scale=float(sec.get("max_abs_scale", 1000.0)),
-        max_vector_norm=float(sec.get("max_vector_norm", 1e6)),
-        slots=int(sec.get("slots", 32)),
-        default=dict(sec.get("default", {})),
+        admin=config.flag(v["admin"], "steering.admin", p),
+        vectors_dir=config.path_in(p.parent, v["vectors_dir"], "steering.vectors_dir", p),
+        max_abs_scale=config.number(v["max_abs_scale"], "steering.max_abs_scale", p),
+        max_vector_norm=config.number(v["max_vector_norm"], "steering.max_vector_norm", p),
+        slots=config.integer(v["slots"], "steering.slots", p),
+        default=dict(v["default"]),
         source=p,
     )
     if not (0 < cfg.max_abs_scale < float("inf")):

@@ -52,13 +52,13 @@ from __future__ import annotations
 
 import math
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import config
 from . import cpus
 
-ENV = "PLASTICITY_CONFIG"
+ENV = config.ENV
 
 _DEFAULTS = dict(
     enabled=False, lr=1e-5, rank=256, scale_type="channel", alpha=None, update_proj_gap=200,
@@ -121,28 +121,41 @@ class TrainingConfig:
         return None if self.journal is None else self.journal.with_name(self.journal.name + ".done")
 
 
+_BOOLS = ("enabled", "stochastic_rounding", "atomic_steps")
+_INTS = ("rank", "update_proj_gap", "batch_size", "max_steps", "max_example_tokens", "max_decision_tokens",
+         "checkpoint_every", "heldout_tokens", "eval_every", "threads", "queue_capacity", "seed", "guard_every")
+_NUMBERS = ("lr", "weight_decay", "replay_ratio", "yield_ms", "serving_duty", "serving_idle_ms", "guard_threshold",
+            "max_edit_norm_growth")
+_OPTIONAL_NUMBERS = ("alpha", "norm_growth_limit")  # None only from code: TOML has no null
+_TEXTS = ("scale_type", "autocast")
+
+
 def from_dict(sec: dict, base: Path | None = None, source: Path | None = None) -> TrainingConfig:
     where = source or "config"
-    if not isinstance(sec, dict):
-        raise ValueError(f"{where}: [training] must be a table")
-    extra = set(sec) - set(_DEFAULTS)
-    if extra:
-        raise ValueError(f"{where}: unknown [training] keys {sorted(extra)}")
+    sec = config.section({"training": sec}, "training", where, _DEFAULTS)
     v = {**_DEFAULTS, **sec}
+    for k in _BOOLS:
+        v[k] = config.flag(v[k], f"training.{k}", where)
+    for k in _INTS:
+        v[k] = config.integer(v[k], f"training.{k}", where)
+    for k in _NUMBERS:
+        v[k] = config.number(v[k], f"training.{k}", where)
+    for k in _OPTIONAL_NUMBERS:
+        v[k] = None if v[k] is None else config.number(v[k], f"training.{k}", where)
+    for k in _TEXTS:
+        v[k] = config.text(v[k], f"training.{k}", where)
     for k in _PATHS:
-        p = v[k]
-        if p in (None, ""):
-            v[k] = None
-        else:
-            p = Path(str(p)).expanduser()
-            v[k] = (base / p).resolve() if (base is not None and not p.is_absolute()) else p.resolve()
+        v[k] = config.path_in(base, v[k], f"training.{k}", where)
     if v["journal"] is None and v["enabled"]:
         v["journal"] = ((base or Path.cwd()) / "training-journal.jsonl").resolve()
-    mods = v["modules"]
-    v["modules"] = (mods,) if isinstance(mods, str) else tuple(str(m) for m in mods)
-    for k in ("atomic_steps",):  # a string "false" must not read as true
-        if not isinstance(v[k], bool):
-            raise ValueError(f"{where}: training.{k} must be true or false, got {v[k]!r}")
+    mods, betas = v["modules"], v["betas"]
+    mods = [mods] if isinstance(mods, str) else mods
+    if not isinstance(mods, (list, tuple)) or not all(isinstance(m, str) for m in mods):
+        raise ValueError(f"{where}: training.modules must be a string or a list of strings, got {str(mods)[:60]!r}")
+    v["modules"] = tuple(mods)
+    if not isinstance(betas, (list, tuple)):
+        raise ValueError(f"{where}: training.betas must be two numbers in [0, 1), got {str(betas)[:60]!r}")
+    v["betas"] = tuple(config.number(b, "training.betas", where) for b in betas)
     try:
         cpus.check_spec(v["cpus"])
     except ValueError as e:
@@ -153,28 +166,8 @@ def from_dict(sec: dict, base: Path | None = None, source: Path | None = None) -
         raise ValueError(f"{where}: training.idle_cpus: {e}") from None
     if v["autocast"] not in AUTOCAST:
         raise ValueError(f"{where}: training.autocast must be one of {sorted(AUTOCAST)}, got {str(v['autocast'])[:40]!r}")
-    if isinstance(v["heldout_tokens"], bool) or not isinstance(v["heldout_tokens"], int):
-        raise ValueError(f"{where}: training.heldout_tokens must be an integer, got {v['heldout_tokens']!r}")
-    cfg = TrainingConfig(
-        enabled=bool(v["enabled"]), lr=float(v["lr"]), rank=int(v["rank"]), scale_type=str(v["scale_type"]),
-        alpha=None if v["alpha"] is None else float(v["alpha"]), update_proj_gap=int(v["update_proj_gap"]),
-        norm_growth_limit=None if v["norm_growth_limit"] is None else float(v["norm_growth_limit"]),
-        betas=tuple(float(b) for b in v["betas"]), weight_decay=float(v["weight_decay"]),
-        stochastic_rounding=bool(v["stochastic_rounding"]), atomic_steps=bool(v["atomic_steps"]),
-        modules=v["modules"],
-        replay_ratio=float(v["replay_ratio"]), replay_source=v["replay_source"], batch_size=int(v["batch_size"]),
-        max_steps=int(v["max_steps"]), max_example_tokens=int(v["max_example_tokens"]),
-        max_decision_tokens=int(v["max_decision_tokens"]), journal=v["journal"], checkpoint_dir=v["checkpoint_dir"],
-        checkpoint_every=int(v["checkpoint_every"]), heldout=v["heldout"], eval_every=int(v["eval_every"]),
-        heldout_tokens=int(v["heldout_tokens"]),
-        threads=int(v["threads"]), cpus=v["cpus"], idle_cpus=v["idle_cpus"], autocast=v["autocast"],
-        yield_ms=float(v["yield_ms"]), serving_duty=float(v["serving_duty"]),
-        serving_idle_ms=float(v["serving_idle_ms"]), queue_capacity=int(v["queue_capacity"]),
-        seed=int(v["seed"]), source=source,
-        snapshot_dir=v["snapshot_dir"] or (v["journal"].parent / "snapshots" if v["journal"] else None),
-        guard_every=int(v["guard_every"]), guard_threshold=float(v["guard_threshold"]),
-        max_edit_norm_growth=float(v["max_edit_norm_growth"]),
-    )
+    v["snapshot_dir"] = v["snapshot_dir"] or (v["journal"].parent / "snapshots" if v["journal"] else None)
+    cfg = TrainingConfig(**{k: v[k] for k in _DEFAULTS}, source=source)
     _check(cfg, where)
     return cfg
 
@@ -185,6 +178,10 @@ def _check(c: TrainingConfig, where) -> None:
 
     if not (math.isfinite(c.lr) and 0 <= c.lr <= MAX_LR):
         bad(f"lr must be in [0, {MAX_LR:g}]")
+    if c.weight_decay < 0 or (c.norm_growth_limit is not None and c.norm_growth_limit < 1):
+        bad("weight_decay must be ≥ 0 and norm_growth_limit ≥ 1 (below 1 every update shrinks toward 0)")
+    if c.checkpoint_every < 0 or c.eval_every < 0:
+        bad("checkpoint_every and eval_every must be ≥ 0 (0 = never)")
     if not (math.isfinite(c.max_edit_norm_growth) and c.max_edit_norm_growth >= 1):
         bad("max_edit_norm_growth must be a finite number ≥ 1")
     if c.rank < 1:
@@ -211,14 +208,7 @@ def _check(c: TrainingConfig, where) -> None:
         bad("serving_duty must be in (0, 1] and serving_idle_ms ≥ 0")
 
 
-def _read(path: str | os.PathLike | None) -> tuple[dict, Path] | None:
-    """The config file (``path`` or ``$PLASTICITY_CONFIG``) as a dict with its resolved path."""
-    path = path or os.environ.get(ENV)
-    if not path:
-        return None
-    p = Path(path).expanduser().resolve()
-    with open(p, "rb") as f:
-        return tomllib.load(f), p
+_read = config.read
 
 
 def load(path: str | os.PathLike | None = None) -> TrainingConfig:
@@ -247,15 +237,11 @@ class SnapshotsConfig:
 
 
 def snapshots_from_dict(sec: dict, where="config") -> SnapshotsConfig:
-    if not isinstance(sec, dict):
-        raise ValueError(f"{where}: [snapshots] must be a table")
-    extra = set(sec) - {"serve_max", "serve_max_rank", "serve_energy"}
-    if extra:
-        raise ValueError(f"{where}: unknown [snapshots] keys {sorted(extra)}")
+    sec = config.section({"snapshots": sec}, "snapshots", where, ("serve_max", "serve_max_rank", "serve_energy"))
     n, r, e = sec.get("serve_max", 0), sec.get("serve_max_rank", 64), sec.get("serve_energy", 0.99)
     if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 64:
         raise ValueError(f"{where}: snapshots.serve_max must be an integer in [0, 64], got {n!r}")
-    if isinstance(r, bool) or r not in LORA_RANKS:
+    if isinstance(r, bool) or not isinstance(r, int) or r not in LORA_RANKS:  # 64.0 == 64, but not a rank
         raise ValueError(f"{where}: snapshots.serve_max_rank must be one of {list(LORA_RANKS)}, got {r!r}")
     if isinstance(e, bool) or not isinstance(e, (int, float)) or not 0 < e <= 1:
         raise ValueError(f"{where}: snapshots.serve_energy must be in (0, 1], got {e!r}")
