@@ -26,7 +26,8 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
+
+from plasticity.http.client import call as http_call
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # model helpers (build on first use)
@@ -106,11 +107,7 @@ guard_threshold = 0.05       # state pauses training and rolls back
 
 
 def call(srv, path, body=None, method="POST", raw=None, ctype="application/json"):
-    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    req = urllib.request.Request(srv.url + path, data=data, method=method,
-                                 headers={"Content-Type": ctype, "Authorization": f"Bearer {KEY}"})
-    with urllib.request.urlopen(req, timeout=600) as r:
-        return json.loads(r.read() or b"null")
+    return http_call(srv.url + path, method, body, api_key=KEY, timeout=600, raw=raw, ctype=ctype)[1]
 
 
 def chat(srv, model, prompt, n=32, **extra):

@@ -1,6 +1,8 @@
-"""A small urllib client for the served model (OpenAI-compatible) and the plasticity routes.
+"""The dream loop's client of the served model (OpenAI-compatible) and the plasticity routes, over
+the project's one HTTP client (``plasticity.http.client``); every request carries
+``X-Plasticity-Source: dream``.
 
-Errors are :class:`DreamHTTPError` with a ``kind``: ``timeout`` (no answer in time),
+Errors are :class:`DreamHTTPError` (``plasticity.http.client.ClientError``) with a ``kind``: ``timeout`` (no answer in time),
 ``connect`` (refused / unreachable), ``http`` (an error status; ``status`` holds it),
 ``garbage`` (a body that is not the JSON expected).
 """
@@ -8,55 +10,18 @@ Errors are :class:`DreamHTTPError` with a ``kind``: ``timeout`` (no answer in ti
 from __future__ import annotations
 
 import json
-import socket
-import urllib.error
-import urllib.request
 
-MAX_BODY = 32 << 20
+from plasticity.http.client import ClientError, call
 
-
-class DreamHTTPError(RuntimeError):
-    def __init__(self, kind: str, message: str, status: int | None = None):
-        super().__init__(message)
-        self.kind, self.status = kind, status
-
-
-def _is_timeout(e: BaseException) -> bool:
-    if isinstance(e, (TimeoutError, socket.timeout)):
-        return True
-    r = getattr(e, "reason", None)
-    return isinstance(r, (TimeoutError, socket.timeout)) or "timed out" in str(r or e).lower()
+DreamHTTPError = ClientError  # the name the dream loop catches
 
 
 def http_json(url: str, method: str = "GET", body=None, *, key: str | None = None, timeout: float = 60.0,
               raw: bytes | None = None, ctype: str = "application/json") -> tuple[int, object]:
     """One request; returns ``(status, parsed JSON)`` for 2xx, raises DreamHTTPError otherwise."""
     # the source header keeps the loop's own generations out of conversation capture
-    headers = {"Content-Type": ctype, "Accept": "application/json", "X-Plasticity-Source": "dream"}
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
-    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    req = urllib.request.Request(url, data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            txt = r.read(MAX_BODY + 1)
-            code = r.status
-    except urllib.error.HTTPError as e:
-        try:
-            detail = e.read(4000).decode(errors="replace")
-        except Exception:  # noqa: BLE001
-            detail = ""
-        raise DreamHTTPError("http", f"{method} {url}: HTTP {e.code}: {detail[:500]}", e.code) from None
-    except Exception as e:  # noqa: BLE001 - URLError, socket errors, timeouts, resets
-        if _is_timeout(e):
-            raise DreamHTTPError("timeout", f"{method} {url}: no answer within {timeout:g} s") from None
-        raise DreamHTTPError("connect", f"{method} {url}: {getattr(e, 'reason', None) or e}") from None
-    if len(txt) > MAX_BODY:
-        raise DreamHTTPError("garbage", f"{method} {url}: body larger than {MAX_BODY} bytes")
-    try:
-        return code, json.loads(txt or b"null")
-    except ValueError:
-        raise DreamHTTPError("garbage", f"{method} {url}: body is not JSON: {txt[:200]!r}") from None
+    return call(url, method, body, api_key=key, timeout=timeout, raw=raw, ctype=ctype,
+                headers={"X-Plasticity-Source": "dream"})
 
 
 class ServerClient:
@@ -77,7 +42,7 @@ class ServerClient:
             self._model = self._model or str(first["id"])
             self._root = first.get("root")
         except (TypeError, KeyError, IndexError):
-            raise DreamHTTPError("garbage", f"GET /v1/models: unexpected body {str(doc)[:200]}") from None
+            raise DreamHTTPError(f"GET /v1/models: unexpected body {str(doc)[:200]}") from None
 
     @property
     def model(self) -> str:
@@ -120,7 +85,7 @@ class ServerClient:
             n = int((doc.get("usage") or {}).get("completion_tokens") or 0)
             return text, str(ch.get("finish_reason") or ""), n
         except (TypeError, KeyError, IndexError, ValueError):
-            raise DreamHTTPError("garbage", f"chat completion: unexpected body {str(doc)[:200]}") from None
+            raise DreamHTTPError(f"chat completion: unexpected body {str(doc)[:200]}") from None
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         out = []
@@ -130,7 +95,7 @@ class ServerClient:
             embs = doc.get("embeddings") if isinstance(doc, dict) else None
             if not (isinstance(embs, list) and len(embs) == len(part)
                     and all(isinstance(e, list) and e and all(isinstance(x, (int, float)) for x in e) for e in embs)):
-                raise DreamHTTPError("garbage", "POST /v1/training/embed: unexpected body")
+                raise DreamHTTPError("POST /v1/training/embed: unexpected body")
             out.extend([float(x) for x in e] for e in embs)
         return out
 
@@ -140,11 +105,11 @@ class ServerClient:
         doc = self.call("POST", "/v1/training/examples", raw=raw, ctype="application/jsonl")
         ids = doc.get("ids") if isinstance(doc, dict) else None
         if not (isinstance(ids, list) and len(ids) == len(examples) and all(isinstance(i, str) for i in ids)):
-            raise DreamHTTPError("garbage", f"POST /v1/training/examples: unexpected body {str(doc)[:200]}")
+            raise DreamHTTPError(f"POST /v1/training/examples: unexpected body {str(doc)[:200]}")
         return ids
 
     def training_status(self) -> dict:
         doc = self.call("GET", "/v1/training/status")
         if not isinstance(doc, dict):
-            raise DreamHTTPError("garbage", "GET /v1/training/status: not an object")
+            raise DreamHTTPError("GET /v1/training/status: not an object")
         return doc

@@ -154,16 +154,16 @@ class EndpointJudge(_ChatRubric):
             try:
                 self.model = str(doc["data"][0]["id"])
             except (TypeError, KeyError, IndexError):
-                raise DreamHTTPError("garbage", "judge endpoint: /models has no model; set [dream.endpoint] model")
+                raise DreamHTTPError("judge endpoint: /models has no model; set [dream.endpoint] model")
         _, doc = http_json(self.url, "POST", {"model": self.model, "messages": [{"role": "user", "content": text}],
                                               "temperature": self.temperature, "max_tokens": self.max_tokens},
                            key=self.key, timeout=self.timeout)
         try:
             out = doc["choices"][0]["message"]["content"]
         except (TypeError, KeyError, IndexError):
-            raise DreamHTTPError("garbage", f"judge endpoint: unexpected body {str(doc)[:200]}") from None
+            raise DreamHTTPError(f"judge endpoint: unexpected body {str(doc)[:200]}") from None
         if not isinstance(out, str):
-            raise DreamHTTPError("garbage", "judge endpoint: content is not a string")
+            raise DreamHTTPError("judge endpoint: content is not a string")
         return out
 
 

@@ -21,13 +21,12 @@ from __future__ import annotations
 import json
 import math
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
+from plasticity.http.client import ClientError, call
 
-class ServerError(RuntimeError):
-    pass
+
+ServerError = ClientError  # what train-in raises: an HTTP failure, or training that did not finish
 
 
 class Client:
@@ -35,22 +34,8 @@ class Client:
         self.url, self.key, self.timeout = url.rstrip("/"), api_key, timeout
         self.model = model or self.call("GET", "/v1/models")["data"][0]["id"]
 
-    def call(self, method: str, path: str, body=None, *, raw: bytes | None = None, ctype="application/json",
-             ok=(200, 201, 202)):
-        headers = {"Content-Type": ctype}
-        if self.key:
-            headers["Authorization"] = f"Bearer {self.key}"
-        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as r:
-                out = json.loads(r.read() or b"null")
-                code = r.status
-        except urllib.error.HTTPError as e:
-            raise ServerError(f"{method} {path}: HTTP {e.code}: {e.read().decode(errors='replace')[:500]}") from None
-        if code not in ok:
-            raise ServerError(f"{method} {path}: HTTP {code}: {out}")
-        return out
+    def call(self, method: str, path: str, body=None, *, raw: bytes | None = None, ctype="application/json"):
+        return call(self.url + path, method, body, api_key=self.key, timeout=self.timeout, raw=raw, ctype=ctype)[1]
 
     def tokenize(self, prompt) -> list[int]:
         body = {"model": self.model}
@@ -183,7 +168,7 @@ def train_in(client: Client, vector: str, scale: float, prompts: list, heldout: 
             break
     kl_after = kls[-1]
     if drop:
-        client.call("DELETE", f"/v1/steering/vectors/{vector}", ok=(200, 204))
+        client.call("DELETE", f"/v1/steering/vectors/{vector}")
     return {"vector": vector, "scale": scale, "train_prompts": len(prompts), "examples": n_examples,
             "epochs": epochs * len(kls), "rounds": len(kls), "kl_rounds": kls, "until": until,
             "heldout_samples": len(held), "kl_before": kl_before, "kl_after": kl_after,
