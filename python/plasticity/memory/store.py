@@ -1,5 +1,9 @@
 """The memory store of the dream loop: one SQLite file.
 
+This module is the store itself (:class:`MemoryStore`); beside it, ``records.py`` holds what it
+hands out and its error, ``schema.py`` the tables and migrations, ``checks.py`` the checks every
+input passes before it reaches SQL.
+
 Contents
 --------
 - ``notes``: text, optional unique ``key`` (the name imports and ``[[wiki links]]``
@@ -66,445 +70,50 @@ import contextlib
 import json
 import math
 import os
-import re
 import sqlite3
 import threading
 import time
-import uuid
-from dataclasses import asdict, dataclass
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
-APPLICATION_ID = 0x504C4D53  # "PLMS": a plasticity memory store
-SQLITE_MAGIC = b"SQLite format 3\x00"
-
-DEFAULT_MAX_TEXT_CHARS = 100_000
-DEFAULT_MAX_IMPORT_BYTES = 64 << 20
-DEFAULT_IMPORTANCE = 0.5
-DEFAULT_LINK_TYPE = "related"
-MARKDOWN_LINK_TYPE = "mentions"
-MAX_TAGS = 32
-MAX_KEY_CHARS = 200
-MAX_WEIGHT = 1e6
-MAX_WALK = 64
-WALK_EPS = 0.05  # added to importance so a note of importance 0 can still be reached
-
-TAG_RE = re.compile(r"[\w.:/+\-]{1,64}")
-LINK_TYPE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{0,31}")
-SOURCE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.:\-]{0,63}")
-CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-WIKI_RE = re.compile(r"\[\[([^\[\]|#\n]+)(?:#[^\[\]|\n]*)?(?:\|[^\[\]\n]*)?\]\]")
-QUEUE_STATES = ("queued", "journaled", "trained")
-CYCLE_STATES = ("running", "done", "failed")
-NOTE_ORDERS = {
-    "id": "n.id ASC", "-id": "n.id DESC",
-    "created": "n.created_at ASC, n.id ASC", "-created": "n.created_at DESC, n.id DESC",
-    "updated": "n.updated_at ASC, n.id ASC", "-updated": "n.updated_at DESC, n.id DESC",
-    "importance": "n.importance ASC, n.id ASC", "-importance": "n.importance DESC, n.id ASC",
-}
-JSONL_FIELDS = {"text", "tags", "importance", "id", "links", "created_at", "source"}
-JSONL_LINK_FIELDS = {"to", "type", "weight"}
-
-
-class MemoryStoreError(ValueError):
-    """Input or a file the memory store refuses; the message says what and where. Nothing was changed."""
+from .checks import (
+    DEFAULT_IMPORTANCE,
+    DEFAULT_LINK_TYPE,
+    DEFAULT_MAX_IMPORT_BYTES,
+    DEFAULT_MAX_TEXT_CHARS,
+    JSONL_FIELDS,
+    JSONL_LINK_FIELDS,
+    MARKDOWN_LINK_TYPE,
+    MAX_WALK,
+    NOTE_ORDERS,
+    QUEUE_STATES,
+    WALK_EPS,
+    WIKI_RE,
+    _check_id,
+    _check_importance,
+    _check_key,
+    _check_link_type,
+    _check_source,
+    _check_tags,
+    _check_text,
+    _check_time,
+    _check_weight,
+    _decode,
+    _err,
+    _is_number,
+    _parse_front_matter,
+    _read_bytes,
+    _reject_constant,
+    _weighted_choice,
+)
+from .records import Candidate, ImportResult, Link, MemoryStoreError, Note, QueueItem, WalkStep
+from .schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION, SQLITE_MAGIC
 
 
 def sample_graph_path() -> Path:
     """The small memory graph shipped with plasticity (Python-language topics, JSONL)."""
     return Path(__file__).with_name("data") / "sample_graph.jsonl"
 
-
-# --------------------------------------------------------------------------- records
-
-@dataclass(frozen=True)
-class Note:
-    id: int
-    text: str
-    tags: tuple[str, ...]
-    importance: float
-    source: str
-    key: str | None
-    created_at: float
-    updated_at: float
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["tags"] = list(self.tags)
-        return d
-
-
-@dataclass(frozen=True)
-class Link:
-    id: int
-    src: int
-    dst: int
-    type: str
-    weight: float
-    created_at: float
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class WalkStep:
-    """One note of a random walk and how it was reached: ``start``, ``link``
-    (a neighbour of the previous note), ``backtrack`` (a neighbour of an earlier
-    note of the walk) or ``random`` (no unvisited neighbour anywhere on the walk)."""
-
-    note: Note
-    how: str
-
-
-@dataclass(frozen=True)
-class ImportResult:
-    note_ids: tuple[int, ...]
-    links: int
-
-
-@dataclass(frozen=True)
-class Candidate:
-    id: int
-    cycle_id: int
-    memory_ids: tuple[int, ...]
-    scenario: str
-    response: str
-    score: float | None
-    accepted: bool
-    reason: str
-    created_at: float
-    queue_state: str | None  # None when not accepted
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["memory_ids"] = list(self.memory_ids)
-        return d
-
-
-@dataclass(frozen=True)
-class QueueItem:
-    id: int
-    candidate_id: int
-    journal_id: str
-    context: Any  # a string or a list of chat messages
-    decision: str
-    state: str
-    updated_at: float
-
-
-# --------------------------------------------------------------------------- migrations
-
-_V1 = [
-    """CREATE TABLE meta (
-        key   TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-    ) STRICT""",
-    """CREATE TABLE notes (
-        id         INTEGER PRIMARY KEY AUTOINCREMENT,
-        key        TEXT UNIQUE CHECK (key IS NULL OR length(key) BETWEEN 1 AND 200),
-        text       TEXT NOT NULL CHECK (length(trim(text)) > 0),
-        importance REAL NOT NULL DEFAULT 0.5 CHECK (importance >= 0.0 AND importance <= 1.0),
-        source     TEXT NOT NULL DEFAULT 'manual',
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL
-    ) STRICT""",
-    """CREATE TABLE note_tags (
-        note_id INTEGER NOT NULL REFERENCES notes(id) ON DELETE CASCADE,
-        tag     TEXT NOT NULL CHECK (length(tag) BETWEEN 1 AND 64),
-        PRIMARY KEY (note_id, tag)
-    ) STRICT, WITHOUT ROWID""",
-    "CREATE INDEX note_tags_by_tag ON note_tags(tag, note_id)",
-    "CREATE INDEX notes_by_created ON notes(created_at)",
-    """CREATE TABLE links (
-        id         INTEGER PRIMARY KEY AUTOINCREMENT,
-        src        INTEGER NOT NULL REFERENCES notes(id) ON DELETE CASCADE,
-        dst        INTEGER NOT NULL REFERENCES notes(id) ON DELETE CASCADE,
-        type       TEXT NOT NULL DEFAULT 'related' CHECK (length(type) BETWEEN 1 AND 32),
-        weight     REAL NOT NULL DEFAULT 1.0 CHECK (weight > 0.0 AND weight <= 1e6),
-        created_at REAL NOT NULL,
-        UNIQUE (src, dst, type),
-        CHECK (src <> dst)
-    ) STRICT""",
-    "CREATE INDEX links_by_dst ON links(dst)",
-]
-
-_V2 = [
-    """CREATE TABLE cycles (
-        id          INTEGER PRIMARY KEY AUTOINCREMENT,
-        started_at  REAL NOT NULL,
-        finished_at REAL,
-        status      TEXT NOT NULL DEFAULT 'running' CHECK (status IN ('running', 'done', 'failed')),
-        config      TEXT CHECK (config IS NULL OR json_valid(config))
-    ) STRICT""",
-    """CREATE TABLE candidates (
-        id         INTEGER PRIMARY KEY AUTOINCREMENT,
-        cycle_id   INTEGER NOT NULL REFERENCES cycles(id) ON DELETE CASCADE,
-        memory_ids TEXT NOT NULL CHECK (json_valid(memory_ids) AND json_type(memory_ids) = 'array'),
-        scenario   TEXT NOT NULL,
-        response   TEXT NOT NULL,
-        score      REAL,
-        accepted   INTEGER NOT NULL CHECK (accepted IN (0, 1)),
-        reason     TEXT NOT NULL DEFAULT '',
-        created_at REAL NOT NULL
-    ) STRICT""",
-    "CREATE INDEX candidates_by_cycle ON candidates(cycle_id, id)",
-    """CREATE TABLE train_queue (
-        id           INTEGER PRIMARY KEY AUTOINCREMENT,
-        candidate_id INTEGER NOT NULL UNIQUE REFERENCES candidates(id) ON DELETE RESTRICT,
-        journal_id   TEXT NOT NULL UNIQUE,
-        context      TEXT NOT NULL CHECK (json_valid(context)),
-        decision     TEXT NOT NULL CHECK (length(trim(decision)) > 0),
-        state        TEXT NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'journaled', 'trained')),
-        updated_at   REAL NOT NULL
-    ) STRICT""",
-    "CREATE INDEX train_queue_by_state ON train_queue(state, id)",
-    # Only accepted candidates are queued.
-    """CREATE TRIGGER train_queue_accepted_only BEFORE INSERT ON train_queue
-       WHEN (SELECT accepted FROM candidates WHERE id = NEW.candidate_id) IS NOT 1
-       BEGIN SELECT RAISE(ABORT, 'train_queue: candidate is not accepted'); END""",
-    # States only move forward: queued -> journaled -> trained (queued -> trained allowed).
-    """CREATE TRIGGER train_queue_forward_only BEFORE UPDATE OF state ON train_queue
-       WHEN (CASE NEW.state WHEN 'queued' THEN 0 WHEN 'journaled' THEN 1 ELSE 2 END)
-          <= (CASE OLD.state WHEN 'queued' THEN 0 WHEN 'journaled' THEN 1 ELSE 2 END)
-        AND NEW.state <> OLD.state
-       BEGIN SELECT RAISE(ABORT, 'train_queue: state can only move forward'); END""",
-    """CREATE TRIGGER train_queue_fixed_identity BEFORE UPDATE OF candidate_id, journal_id, context, decision
-       ON train_queue
-       WHEN NEW.candidate_id IS NOT OLD.candidate_id OR NEW.journal_id IS NOT OLD.journal_id
-         OR NEW.context IS NOT OLD.context OR NEW.decision IS NOT OLD.decision
-       BEGIN SELECT RAISE(ABORT, 'train_queue: a queued example cannot be changed'); END""",
-]
-
-
-def _run(statements: list[str]) -> Callable[[sqlite3.Connection], None]:
-    def migrate(conn: sqlite3.Connection) -> None:
-        # One statement at a time: executescript() would COMMIT the open transaction.
-        for s in statements:
-            conn.execute(s)
-
-    return migrate
-
-
-def _m1(conn: sqlite3.Connection) -> None:
-    """Version 1: notes, tags, links, meta (with this store's id)."""
-    _run(_V1)(conn)
-    conn.execute("INSERT INTO meta(key, value) VALUES ('store_id', ?)", (uuid.uuid4().hex,))
-    conn.execute("INSERT INTO meta(key, value) VALUES ('created_at', ?)", (repr(time.time()),))
-
-
-def _m2(conn: sqlite3.Connection) -> None:
-    """Version 2: dream cycles, candidates, train queue."""
-    _run(_V2)(conn)
-
-
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1, _m2]
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-# --------------------------------------------------------------------------- validation
-
-def _err(prefix: str, msg: str) -> MemoryStoreError:
-    return MemoryStoreError(f"{prefix}: {msg}" if prefix else msg)
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def _check_text(text, max_chars: int, what: str = "text", where: str = "") -> str:
-    if not isinstance(text, str):
-        raise _err(where, f"{what} must be a string, got {type(text).__name__}")
-    if not text.strip():
-        raise _err(where, f"{what} is empty")
-    if len(text) > max_chars:
-        raise _err(where, f"{what} has {len(text)} characters, more than the maximum of {max_chars}")
-    if "\x00" in text:
-        raise _err(where, f"{what} contains a NUL character")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise _err(where, f"{what} is not valid Unicode (lone surrogate at position {e.start})") from None
-    return text
-
-
-def _check_tags(tags, where: str = "") -> tuple[str, ...]:
-    if tags is None:
-        return ()
-    if isinstance(tags, (str, bytes)) or not isinstance(tags, (list, tuple, set, frozenset)):
-        raise _err(where, f"tags must be a list of strings, got {type(tags).__name__}")
-    out: list[str] = []
-    for t in tags:
-        if not isinstance(t, str):
-            raise _err(where, f"tag must be a string, got {type(t).__name__}")
-        if not TAG_RE.fullmatch(t):
-            raise _err(where, f"invalid tag {t[:80]!r}: 1-64 letters, digits or . : / + - _")
-        if t not in out:
-            out.append(t)
-    if len(out) > MAX_TAGS:
-        raise _err(where, f"{len(out)} tags, more than the maximum of {MAX_TAGS}")
-    return tuple(sorted(out))
-
-
-def _check_importance(x, where: str = "") -> float:
-    if x is None:
-        return DEFAULT_IMPORTANCE
-    if not _is_number(x):
-        raise _err(where, f"importance must be a number in [0, 1], got {type(x).__name__}")
-    x = float(x)
-    if not math.isfinite(x) or not 0.0 <= x <= 1.0:
-        raise _err(where, f"importance must be a number in [0, 1], got {x!r}")
-    return x
-
-
-def _check_weight(x, where: str = "") -> float:
-    if x is None:
-        return 1.0
-    if not _is_number(x):
-        raise _err(where, f"link weight must be a positive number, got {type(x).__name__}")
-    x = float(x)
-    if not math.isfinite(x) or not 0.0 < x <= MAX_WEIGHT:
-        raise _err(where, f"link weight must be a number in (0, {MAX_WEIGHT:g}], got {x!r}")
-    return x
-
-
-def _check_link_type(t, where: str = "") -> str:
-    if t is None:
-        return DEFAULT_LINK_TYPE
-    if not isinstance(t, str) or not LINK_TYPE_RE.fullmatch(t):
-        raise _err(where, f"invalid link type {t!r}: a letter then up to 31 letters, digits, _ or -")
-    return t
-
-
-def _check_key(k, where: str = "") -> str | None:
-    if k is None:
-        return None
-    if _is_number(k) and isinstance(k, int):
-        k = str(k)
-    if not isinstance(k, str):
-        raise _err(where, f"note key must be a string or an integer, got {type(k).__name__}")
-    if not k or k != k.strip() or len(k) > MAX_KEY_CHARS or CONTROL_RE.search(k) or "\n" in k or "\r" in k \
-            or "\t" in k:
-        raise _err(where, f"invalid note key {k[:80]!r}: 1-{MAX_KEY_CHARS} characters, no control "
-                          "characters or surrounding spaces")
-    try:
-        k.encode("utf-8")
-    except UnicodeEncodeError:
-        raise _err(where, "note key is not valid Unicode") from None
-    return k
-
-
-def _check_source(s, where: str = "") -> str:
-    if not isinstance(s, str) or not SOURCE_RE.fullmatch(s):
-        raise _err(where, f"invalid source {s!r}")
-    return s
-
-
-def _check_id(x, what: str = "note id") -> int:
-    if not isinstance(x, int) or isinstance(x, bool) or x <= 0:
-        raise MemoryStoreError(f"{what} must be a positive integer, got {x!r}")
-    return x
-
-
-def _check_time(x, where: str = "") -> float | None:
-    if x is None:
-        return None
-    if _is_number(x):
-        v = float(x)
-    elif isinstance(x, str):
-        try:
-            v = datetime.fromisoformat(x.replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            raise _err(where, f"created_at {x[:80]!r} is not an ISO 8601 time") from None
-    else:
-        raise _err(where, f"created_at must be an ISO 8601 string or unix seconds, got {type(x).__name__}")
-    if not math.isfinite(v) or v < 0:
-        raise _err(where, f"created_at {x!r} is out of range")
-    return v
-
-
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not allowed")
-
-
-def _read_bytes(path, limit: int) -> bytes:
-    p = Path(path)
-    try:
-        size = p.stat().st_size
-        if size > limit:
-            raise MemoryStoreError(f"{p}: {size} bytes, more than the import limit of {limit}")
-        return p.read_bytes()
-    except MemoryStoreError:
-        raise
-    except IsADirectoryError:
-        raise MemoryStoreError(f"{p}: is a directory") from None
-    except OSError as e:
-        raise MemoryStoreError(f"{p}: cannot read: {e.strerror or e}") from None
-
-
-def _decode(raw: bytes, where: str) -> str:
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise MemoryStoreError(f"{where}: not valid UTF-8 (byte {e.start})") from None
-    return text[1:] if text.startswith("\ufeff") else text
-
-
-def _weighted_choice(rng, items: Sequence, weights: Sequence[float]):
-    total = math.fsum(weights)
-    r = rng.random() * total
-    acc = 0.0
-    for item, w in zip(items, weights):
-        acc += w
-        if r < acc:
-            return item
-    return items[-1]
-
-
-# --------------------------------------------------------------------------- markdown
-
-def _parse_front_matter(text: str, where: str) -> tuple[dict, str]:
-    """``---``-fenced ``key: value`` lines at the top; ``tags`` may be ``[a, b]``,
-    ``a, b`` or a following ``- a`` list. Unknown keys are ignored."""
-    if not (text.startswith("---\n") or text == "---"):
-        return {}, text
-    lines = text.split("\n")
-    end = next((i for i in range(1, len(lines)) if lines[i].rstrip() == "---"), None)
-    if end is None:
-        raise MemoryStoreError(f"{where}: front matter opened with '---' is never closed")
-    meta: dict[str, Any] = {}
-    current_list: list | None = None
-    for n, line in enumerate(lines[1:end], start=2):
-        s = line.strip()
-        if not s or s.startswith("#"):
-            continue
-        if s.startswith("- ") and current_list is not None:
-            current_list.append(s[2:].strip().strip("'\""))
-            continue
-        m = re.fullmatch(r"([A-Za-z_][\w-]*)\s*:\s*(.*)", s)
-        if not m:
-            raise MemoryStoreError(f"{where}: front matter line {n}: expected 'key: value', got {s[:80]!r}")
-        k, v = m.group(1).lower(), m.group(2).strip()
-        current_list = None
-        if k == "tags":
-            if not v:
-                current_list = meta["tags"] = []
-            else:
-                v = v[1:-1] if v.startswith("[") and v.endswith("]") else v
-                meta["tags"] = [t.strip().strip("'\"") for t in v.split(",") if t.strip()]
-        elif k == "importance":
-            try:
-                meta["importance"] = float(v.strip("'\""))
-            except ValueError:
-                raise MemoryStoreError(f"{where}: front matter line {n}: importance {v[:40]!r} "
-                                       "is not a number") from None
-    if "tags" in meta:
-        meta["tags"] = [t[1:] if t.startswith("#") else t for t in meta["tags"]]
-    return meta, "\n".join(lines[end + 1:])
-
-
-# --------------------------------------------------------------------------- the store
 
 class MemoryStore:
     """Notes, links and the dream loop's queue in one SQLite file (created if missing).
