@@ -27,8 +27,9 @@ from plasticity.dream import metrics
 from plasticity.dream.client import ServerClient
 from plasticity.dream.judge import (AllJudges, EndpointJudge, Item, RubricJudge, RuleJudge, Verdict, parse_score,
                                     repeat_share)
-from plasticity.dream.loop import (DreamError, DreamLoop, JournalView, ServerTokens, compare, token_key,
-                                   trim_truncated)
+from plasticity.dream.compare import compare
+from plasticity.dream.journals import JournalView, ServerTokens, token_key
+from plasticity.dream.loop import DreamError, DreamLoop, trim_truncated
 from plasticity.dream.novelty import HashEmbedder, NoveltyFilter
 from plasticity.dream.runner import DreamRunner
 from plasticity.dream.status import status_dict

@@ -123,7 +123,8 @@ def _report(key, value):
 def test_loop_vs_naive_sampling_on_the_server(dream_server):
     from plasticity.dream.client import ServerClient
     from plasticity.dream.judge import Item, RubricJudge
-    from plasticity.dream.loop import DreamLoop, compare
+    from plasticity.dream.compare import compare
+    from plasticity.dream.loop import DreamLoop
 
     srv = dream_server
     cfg, store = _store(srv)
@@ -198,7 +199,7 @@ def _exactly_once_problems(accepted, journal_ids_by_key, tok, trained: Counter, 
 def test_sigkill_mid_cycle_and_restart_trains_each_accepted_once(dream_server, tmp_path):
     from models import model_dir
 
-    from plasticity.dream.loop import ServerTokens, token_key
+    from plasticity.dream.journals import ServerTokens, token_key
     from plasticity.training.core import Journal
 
     srv = dream_server
@@ -358,7 +359,7 @@ def test_kill_the_server_mid_cycle_and_restart(vllm_servers, tmp_path):
     from vllm_server import VLLMServer
 
     from plasticity.dream.config import load
-    from plasticity.dream.loop import ServerTokens, token_key
+    from plasticity.dream.journals import ServerTokens, token_key
     from plasticity.memory import MemoryStore, sample_graph_path
     from plasticity.training.core import Journal
 

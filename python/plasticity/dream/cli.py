@@ -305,7 +305,7 @@ def run_candidates(args) -> int:
 
 @_guarded
 def run_compare(args) -> int:
-    from .loop import compare
+    from .compare import compare
 
     cfg = _config(args)
     k = _get(args, "cycles")

@@ -23,7 +23,8 @@ marked ``journaled`` instead of sent again. The server does not keep client ids 
 (it assigns ``ex-<uuid>``), so a journal record is matched to a row by the sha256 of its
 token ids, computed with the model's tokenizer exactly as the server tokenises; when the
 server keeps the ``id`` (it is sent as the row's ``journal_id``), ids match directly.
-``<journal>.done`` (the trainer's record of trained ids) moves rows to ``trained``.
+``<journal>.done`` (the trainer's record of trained ids) moves rows to ``trained``. Reading and
+matching those files is ``journals.py``; the loop-vs-naive comparison is ``compare.py``.
 
 Only one loop may run per store (a lock file ``<db>.dream-lock``). Rate: cycle starts
 are at least ``3600 / cycles_per_hour`` s apart; cycles pause while ``max_queue``
@@ -34,8 +35,6 @@ accepted examples wait for the server. Memory: the novelty filter keeps at most
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import json
 import logging
 import os
 import random
@@ -48,10 +47,10 @@ from pathlib import Path
 
 from plasticity.memory import MemoryStore, MemoryStoreError
 
-from . import metrics
 from .client import DreamHTTPError, ServerClient
 from .config import DreamConfig
 from .judge import AllJudges, Item, Judge, build_judge, format_notes
+from .journals import JournalView, ServerTokens
 from .novelty import HashEmbedder, NoveltyFilter, ServerEmbedder
 
 log = logging.getLogger("plasticity.dream")
@@ -96,104 +95,6 @@ class StoreLock:
             finally:
                 os.close(self.fd)
                 self.fd = None
-
-
-# ---------------------------------------------------------------- the server's journal files
-
-class _Tail:
-    """Reads complete new lines of an append-only JSONL file (a torn last line is left for later)."""
-
-    def __init__(self, path: Path):
-        self.path, self.offset, self.buf = Path(path), 0, b""
-
-    def read(self) -> list[dict]:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                data = f.read()
-        except FileNotFoundError:
-            return []
-        self.offset += len(data)
-        data = self.buf + data
-        lines = data.split(b"\n")
-        self.buf = lines.pop()  # the part after the last newline: incomplete (or empty)
-        out = []
-        for line in lines:
-            try:
-                doc = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(doc, dict):
-                out.append(doc)
-        return out
-
-
-def token_key(context_ids, decision_ids) -> str:
-    """The content key of a journal record: sha256 of its token ids."""
-    return hashlib.sha256(json.dumps([list(map(int, context_ids)), list(map(int, decision_ids))],
-                                     separators=(",", ":")).encode()).hexdigest()
-
-
-class ServerTokens:
-    """Tokenises an example exactly as ``POST /v1/training/examples`` does (training_routes.tokenize)."""
-
-    def __init__(self, tokenizer):
-        self.tok = tokenizer
-
-    @classmethod
-    def load(cls, path: str) -> "ServerTokens":
-        from transformers import AutoTokenizer
-
-        return cls(AutoTokenizer.from_pretrained(path))
-
-    def ids(self, context, decision: str, eos: bool = True) -> tuple[list[int], list[int]]:
-        tok = self.tok
-        if isinstance(context, str):
-            ctx = tok(context, add_special_tokens=False)["input_ids"]
-        else:
-            ctx = tok.apply_chat_template(context, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
-        dec = tok(decision, add_special_tokens=False)["input_ids"]
-        if eos and tok.eos_token_id is not None:
-            dec = dec + [int(tok.eos_token_id)]
-        return [int(t) for t in ctx], [int(t) for t in dec]
-
-    def key(self, context, decision: str) -> str:
-        return token_key(*self.ids(context, decision))
-
-
-class JournalView:
-    """What the server's journal files say: record ids (+ content keys) and trained ids."""
-
-    def __init__(self, journal: Path):
-        self.journal = Path(journal)
-        self.done_path = self.journal.with_name(self.journal.name + ".done")
-        self._acc, self._done = _Tail(self.journal), _Tail(self.done_path)
-        self.ids: set[str] = set()
-        self.key_ids: dict[str, list[str]] = {}  # content key -> server ids
-        self.id_key: dict[str, str] = {}
-        self.done: set[str] = set()
-        self.foreign = 0  # records whose id the server assigned (not "mem-…"/"replay-…")
-
-    def refresh(self) -> None:
-        for r in self._acc.read():
-            rid = r.get("id")
-            if not isinstance(rid, str):
-                continue
-            self.ids.add(rid)
-            if not rid.startswith(("mem-", "replay-")):
-                self.foreign += 1
-            try:
-                k = token_key(r["context"], r["decision"])
-            except (KeyError, TypeError, ValueError):
-                continue
-            self.key_ids.setdefault(k, []).append(rid)
-            self.id_key[rid] = k
-        for r in self._done.read():
-            if isinstance(r.get("id"), str) and r.get("status", "trained") in ("trained", "skipped", "discarded"):
-                self.done.add(r["id"])
-
-    def done_status(self) -> dict[str, int]:
-        return {"journal_records": len(self.ids), "done_records": len(self.done)}
 
 
 # ---------------------------------------------------------------- results
@@ -718,41 +619,3 @@ class DreamLoop:
         scenario, response, reason = self._generate([note.text])
         return {"notes": (note.id,), "scenario": scenario or "<empty>", "response": response or "<empty>",
                 "reason": reason}
-
-
-# ---------------------------------------------------------------- comparison
-
-def compare(loop: DreamLoop, k: int, *, seed: int = 0, log_fn=None) -> dict:
-    """The loop (k cycles) vs naive sampling (k samples) from the same memories at the same
-    temperature and the same budget (2 generations per item). Returns the figures."""
-    rng = random.Random(seed)
-    t0 = time.time()
-    naive = []
-    for i in range(k):
-        naive.append(loop.naive_sample(rng))
-    t_naive = time.time() - t0
-    t0 = time.time()
-    results = loop.run(k)
-    t_loop = time.time() - t0
-    acc = [r for r in results if r.accepted]
-    n_texts = [DreamLoop._text(x["scenario"], x["response"]) for x in naive]
-    a_texts = [DreamLoop._text(r.scenario, r.response) for r in acc]
-    emb = loop.embedder
-    n_vecs = emb.embed(n_texts) if n_texts else []
-    a_vecs = emb.embed(a_texts) if a_texts else []
-    center = loop.center
-    rejected: dict[str, int] = {}
-    for r in results:
-        if not r.accepted:
-            rejected[r.reason] = rejected.get(r.reason, 0) + 1
-    return {
-        "budget": k, "seconds": {"naive": round(t_naive, 1), "loop": round(t_loop, 1)},
-        "embedding": getattr(emb, "name", type(emb).__name__),
-        "loop": {"cycles": len(results), "accepted": len(acc), "accept_rate": len(acc) / max(1, len(results)),
-                 "rejected": rejected, **metrics.diversity(a_texts, a_vecs or None, center)},
-        "naive": metrics.diversity(n_texts, n_vecs or None, center),
-        "naive_size_matched": metrics.size_matched(n_texts, n_vecs or None, center, k=len(acc), seed=seed),
-        "naive_token_matched": metrics.token_matched(
-            n_texts, {n: sum(len(metrics.ngrams(t, n)) for t in a_texts) for n in (1, 2, 3)}, seed=seed),
-        "accepted_ids": [r.candidate_id for r in acc],
-    }

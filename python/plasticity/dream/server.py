@@ -118,7 +118,7 @@ async def init_state(plugin, engine_client, args) -> None:
     if cfg.db is None:
         log.error("plasticity: [dream] enabled but [dream] db is not set; the dream loop is not started")
         return
-    from .loop import ServerTokens
+    from .journals import ServerTokens
 
     tokens = ServerTokens(plugin.tok) if getattr(plugin, "tok", None) is not None else None
     await asyncio.to_thread(start, _server_url(args), _api_key(args), cfg, tokens=tokens)
