@@ -31,6 +31,27 @@ def test_api_server_refuses_an_extension_that_is_not_ours(qualname):
         extension.require(qualname)
 
 
+def test_plain_vllm_without_plasticity_config_or_extension_keeps_serving_with_plasticity_off():
+    assert extension.active(None, None) is False
+    assert extension.active("", "") is False
+
+
+@pytest.mark.parametrize("qualname", [None, ""], ids=["absent", "empty"])
+def test_a_plasticity_config_without_the_extension_is_refused(qualname):
+    with pytest.raises(RuntimeError, match="plasticity serve"):
+        extension.active(qualname, "/etc/plasticity.toml")
+
+
+def test_a_foreign_extension_is_refused_even_without_a_config():
+    with pytest.raises(RuntimeError, match="not a subclass"):
+        extension.active("builtins.dict", None)
+
+
+def test_our_extension_turns_plasticity_on():
+    assert extension.active(QUALNAME, None) is True
+    assert extension.active(QUALNAME, "/etc/plasticity.toml") is True
+
+
 def test_our_extension_and_subclasses_are_accepted():
     extension.require(QUALNAME)
     extension.require("worker_test_extension.WorkerExtensionForTests")  # tests/ is on sys.path under pytest

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from plasticity import config
 from plasticity.http import auth
 from plasticity.http.body import BodyError, loads
 from plasticity.http.errors import error_response as _err
@@ -190,7 +192,10 @@ class PlasticityEndpoints:
             return
         from plasticity.vllm_plugin import extension
 
-        extension.require(getattr(args, "worker_extension_cls", None))
+        if not extension.active(getattr(args, "worker_extension_cls", None), os.environ.get(config.ENV)):
+            log.warning("plasticity: installed but off on this server (no --worker-extension-cls, no %s); "
+                        "steering flags are refused. `plasticity serve` turns it on.", config.ENV)
+            return
         self.tokens = auth.key_digests(args)
         self.model_path = getattr(args, "model", None)
         await self.training.init_state(engine_client, args, self.tokens)

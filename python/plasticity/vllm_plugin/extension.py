@@ -41,6 +41,17 @@ class WorkerExtension:
     plasticity_tv_meta = training.rpc(training.tv_meta)
 
 
+def active(qualname: str | None, config_path: str | None) -> bool:
+    """Whether plasticity runs on this server. Installed in vLLM's environment, its entry points load
+    in every ``vllm serve``: without the extension class and without a plasticity config it stays
+    off (False; steering flags are then refused), so plain vLLM keeps serving. A config without
+    the class, or a class that is not ours, is refused (see :func:`require`)."""
+    if not qualname and not config_path:
+        return False
+    require(qualname)
+    return True
+
+
 def require(qualname: str | None) -> None:
     """Refuse to start a server whose workers lack these RPCs (the API server calls this first)."""
     if not qualname:
