@@ -52,6 +52,8 @@ STEERING = [
     ("max_vector_norm_string", 'max_vector_norm = "big"', "steering.max_vector_norm must be a finite number"),
     ("vectors_dir_integer", "vectors_dir = 5", "steering.vectors_dir must be a string"),
     ("default_not_a_table", 'default = "calm"', r"\[steering.default\] must be a table"),
+    ("default_enabled_quoted_false", '[steering.default]\nenabled = "false"\nvector = "calm"',
+     "steering.default.enabled must be true or false"),
 ]
 
 

@@ -165,6 +165,11 @@ def test_bad_default(steer_server, unchanged):
              "unknown steering vector")
 
 
+def test_default_enabled_as_a_string_is_refused_not_read_as_on(steer_server, unchanged):
+    _refused(ss.http(steer_server, "POST", "/v1/steering/default", {"enabled": "false", "vector": "alpha"}), 400,
+             "'enabled' must be true or false")
+
+
 def test_bad_extract_method(steer_server, unchanged):
     _refused(_add(steer_server, {"name": "x", "extract": {"pairs": [["a", "b"], ["c", "d"]], "method": "magic"}}),
              400, "method must be one of")

@@ -79,6 +79,8 @@ class Catalogue:
         return self.validate(spec)
 
     def spec_from_default(self, d: dict) -> SteerSpec | None:
+        if d and not isinstance(d.get("enabled", True), bool):  # "false" must not read as on
+            raise SteeringError("default steering: 'enabled' must be true or false")
         if not d or d.get("enabled", True) is False or not d.get("vector"):
             return None
         x = {"steer": d["vector"], "steer_scale": d.get("scale", 1.0)}

@@ -49,6 +49,8 @@ def load(path: str | os.PathLike | None = None) -> SteeringConfig:
     v = {**_DEFAULTS, **config.section(doc, "steering", p, _DEFAULTS)}
     if not isinstance(v["default"], dict):
         raise ValueError(f"{p}: [steering.default] must be a table")
+    if "enabled" in v["default"]:
+        config.flag(v["default"]["enabled"], "steering.default.enabled", p)
     cfg = SteeringConfig(
         admin=config.flag(v["admin"], "steering.admin", p),
         vectors_dir=config.path_in(p.parent, v["vectors_dir"], "steering.vectors_dir", p),
