@@ -1,6 +1,5 @@
 //! Python bindings of the Apollo and AdamW steps: in place on torch tensors.
 
-use half::{bf16, f16};
 use plasticity_core::apollo::{self, Geometry};
 use plasticity_core::{
     AdamConfig, ApolloConfig, DType, Element, MatrixState, ProjectionPrecision, ScaleType,
@@ -266,47 +265,7 @@ pub fn apollo_step(
                     let g = unsafe { std::slice::from_raw_parts(g as *const T, numel) };
                     apollo::apollo_step(cfg, m, n, w, g, m1, m2, st, p, ws)
                 }
-                match dtype {
-                    DType::F32 => go::<f32>(
-                        cfg,
-                        m,
-                        n,
-                        ptrs.0.get(),
-                        ptrs.1.get(),
-                        numel,
-                        m1,
-                        m2,
-                        state,
-                        p,
-                        ws,
-                    ),
-                    DType::BF16 => go::<bf16>(
-                        cfg,
-                        m,
-                        n,
-                        ptrs.0.get(),
-                        ptrs.1.get(),
-                        numel,
-                        m1,
-                        m2,
-                        state,
-                        p,
-                        ws,
-                    ),
-                    DType::F16 => go::<f16>(
-                        cfg,
-                        m,
-                        n,
-                        ptrs.0.get(),
-                        ptrs.1.get(),
-                        numel,
-                        m1,
-                        m2,
-                        state,
-                        p,
-                        ws,
-                    ),
-                }
+                by_dtype!(dtype, go(cfg, m, n, ptrs.0.get(), ptrs.1.get(), numel, m1, m2, state, p, ws))
             }
         })
     });
@@ -395,41 +354,7 @@ pub fn adamw_step(
                 let g = unsafe { std::slice::from_raw_parts(g as *const T, numel) };
                 apollo::adamw_step(cfg, w, g, m1, m2, st, seed, threads)
             }
-            match dtype {
-                DType::F32 => go::<f32>(
-                    cfg,
-                    ptrs.0.get(),
-                    ptrs.1.get(),
-                    numel,
-                    m1,
-                    m2,
-                    st,
-                    seed,
-                    threads,
-                ),
-                DType::BF16 => go::<bf16>(
-                    cfg,
-                    ptrs.0.get(),
-                    ptrs.1.get(),
-                    numel,
-                    m1,
-                    m2,
-                    st,
-                    seed,
-                    threads,
-                ),
-                DType::F16 => go::<f16>(
-                    cfg,
-                    ptrs.0.get(),
-                    ptrs.1.get(),
-                    numel,
-                    m1,
-                    m2,
-                    st,
-                    seed,
-                    threads,
-                ),
-            }
+            by_dtype!(dtype, go(cfg, ptrs.0.get(), ptrs.1.get(), numel, m1, m2, st, seed, threads))
         })
     });
     let out = result.map_err(core_err)?;

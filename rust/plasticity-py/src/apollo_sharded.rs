@@ -7,7 +7,6 @@
 //! memory) and leave the same length. Three calls per step at most, however
 //! many matrices. The GIL is released for the math and taken only for the calls.
 
-use half::{bf16, f16};
 use plasticity_core::apollo::sharded::{self, Collective, Shard, ShardAxis, ShardJob};
 use plasticity_core::{ApolloConfig, CoreError, DType, Element, MatrixState, StepOutcome};
 use pyo3::exceptions::PyValueError;
@@ -241,11 +240,7 @@ pub fn apollo_step_sharded(
         let mut guard = workspace.inner.lock().unwrap();
         let ws: &mut plasticity_core::apollo::Workspace = &mut guard;
         let (cfg, raw, comm) = (&cfg, &mut raw, &mut comm);
-        workspace.pool.install(move || match dtype {
-            DType::F32 => run::<f32>(cfg, raw, comm, ws),
-            DType::BF16 => run::<bf16>(cfg, raw, comm, ws),
-            DType::F16 => run::<f16>(cfg, raw, comm, ws),
-        })
+        workspace.pool.install(move || by_dtype!(dtype, run(cfg, raw, comm, ws)))
     });
     let outs = result.map_err(core_err)?;
     Ok(outs

@@ -4,6 +4,18 @@
 //! releases the GIL and calls the core. Python-side conveniences live in
 //! `python/plasticity/`.
 
+/// `by_dtype!(dtype, f(args..))` calls `f::<T>(args..)` with `T` the Rust element type of a
+/// weight's dtype: the one place the three weight dtypes are matched to their types.
+macro_rules! by_dtype {
+    ($dtype:expr, $f:ident($($arg:expr),* $(,)?)) => {
+        match $dtype {
+            plasticity_core::DType::F32 => $f::<f32>($($arg),*),
+            plasticity_core::DType::BF16 => $f::<half::bf16>($($arg),*),
+            plasticity_core::DType::F16 => $f::<half::f16>($($arg),*),
+        }
+    };
+}
+
 mod apollo;
 mod apollo_sharded;
 mod lowrank;

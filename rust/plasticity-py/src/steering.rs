@@ -1,8 +1,7 @@
 //! Python binding of the steering addition: `residual[t] += table[slots[t]]`,
 //! in place on torch CPU tensors (the CUDA kernel is wired by the GPU path).
 
-use half::{bf16, f16};
-use plasticity_core::{steering, DType, Element};
+use plasticity_core::{steering, Element};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
@@ -97,10 +96,6 @@ pub fn steering_add_(
     let (rp, tp, sp) = (SendPtr(r.ptr), SendPtr(t.ptr), SendPtr(s.ptr));
     let dtype = r.dtype;
     // Small work: release the GIL anyway so a Python trainer thread is not blocked.
-    py.detach(move || match dtype {
-        DType::F32 => run::<f32>(&rp, n_res, hidden, &tp, n_tab, &sp, n, i64s),
-        DType::BF16 => run::<bf16>(&rp, n_res, hidden, &tp, n_tab, &sp, n, i64s),
-        DType::F16 => run::<f16>(&rp, n_res, hidden, &tp, n_tab, &sp, n, i64s),
-    })
+    py.detach(move || by_dtype!(dtype, run(&rp, n_res, hidden, &tp, n_tab, &sp, n, i64s)))
     .map_err(|e| PyValueError::new_err(e.to_string()))
 }
