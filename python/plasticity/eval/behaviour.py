@@ -1,4 +1,6 @@
-"""Behaviour tests (JSONL files), the generators that answer them, and held-out perplexity.
+"""Behaviour tests (JSONL files): their format, checks and runner. The generators that answer them
+live in ``generators.py`` and held-out perplexity in ``perplexity.py``; this module re-exports both,
+so ``plasticity.eval.behaviour`` stays the one import for all three.
 
 A behaviour test file has one JSON object per line::
 
@@ -35,15 +37,14 @@ the two engines.
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable
 
-from plasticity.http.client import ClientError, request_json
-
-from .metrics import perplexity
+from .errors import BehaviourFileError, EvalHTTPError
+from .generators import DEFAULT_MAX_TOKENS, LocalGenerator, ServerGenerator, local_generator, server_generator
+from .perplexity import heldout_ppl_local, heldout_ppl_server, read_texts, windows
 
 __all__ = [
     "BehaviourFileError",
@@ -68,31 +69,13 @@ __all__ = [
     "behaviour_files",
 ]
 
-DEFAULT_MAX_TOKENS = 32
 MAX_TOKENS_LIMIT = 4096
 MAX_PATTERN_CHARS = 2000
 MAX_FILE_BYTES = 16 << 20
 ROLES = ("system", "user", "assistant")
 FIELDS = ("prompt", "expect", "forbid", "max_tokens", "id")
-DOC_SEPARATOR = "\n<|endoftext|>\n"
 
 
-class BehaviourFileError(ValueError):
-    """A behaviour test file (or one test object) that cannot be used; names the file and line."""
-
-    def __init__(self, message: str, source: str | None = None, line: int | None = None):
-        self.source, self.line, self.detail = source, line, message
-        where = ""
-        if source is not None and line is not None:
-            where = f"{source}, line {line}: "
-        elif source is not None:
-            where = f"{source}: "
-        elif line is not None:
-            where = f"line {line}: "
-        super().__init__(where + message)
-
-
-EvalHTTPError = ClientError  # the name this module's callers catch
 
 
 @dataclass(frozen=True)
@@ -324,288 +307,6 @@ def run_tests(generate_fn: Callable[[str | list, int], str], tests, *, on_error:
     n = len(tests)
     return {"pass_rate": (n_pass / n) if n else None, "n": n, "passed": n_pass, "failed": n - n_pass,
             "errors": n_err, "results": results}
-
-
-# --------------------------------------------------------------------------- HTTP (OpenAI-compatible)
-
-def _base_url(url: str) -> str:
-    if not isinstance(url, str) or not re.match(r"^https?://", url):
-        raise ValueError(f"server URL must start with http:// or https://, got {url!r}")
-    u = url.rstrip("/")
-    if u.endswith("/v1"):
-        u = u[:-3]
-    return u
-
-
-def _served_model(base: str, api_key, timeout) -> str:
-    out = request_json(base + "/v1/models", api_key=api_key, timeout=timeout)
-    try:
-        return out["data"][0]["id"]
-    except (KeyError, IndexError, TypeError):
-        raise EvalHTTPError(f"{base}/v1/models: no model listed: {str(out)[:200]}") from None
-
-
-class ServerGenerator:
-    """``generate_fn`` for an OpenAI-compatible server (greedy: temperature 0).
-
-    Text prompts go to ``/v1/completions``, chat prompts to ``/v1/chat/completions``.
-    ``extra_body`` is merged into every request (e.g. ``{"vllm_xargs": {"steer": "name"}}``).
-    """
-
-    def __init__(self, url: str, api_key: str | None = None, model: str | None = None, *,
-                 timeout: float = 120.0, extra_body: dict | None = None):
-        self.base = _base_url(url)
-        self.api_key = api_key
-        self.timeout = timeout
-        self.extra_body = dict(extra_body or {})
-        self.model = model or _served_model(self.base, api_key, timeout)
-
-    def __call__(self, prompt, max_tokens: int = DEFAULT_MAX_TOKENS) -> str:
-        body = {"model": self.model, "max_tokens": int(max_tokens), "temperature": 0.0, **self.extra_body}
-        if isinstance(prompt, str):
-            body["prompt"] = prompt
-            out = request_json(self.base + "/v1/completions", body, api_key=self.api_key, timeout=self.timeout)
-            try:
-                return out["choices"][0]["text"] or ""
-            except (KeyError, IndexError, TypeError):
-                raise EvalHTTPError(f"/v1/completions: unexpected answer {str(out)[:200]}") from None
-        body["messages"] = [{"role": m["role"], "content": m["content"]} for m in prompt]
-        out = request_json(self.base + "/v1/chat/completions", body, api_key=self.api_key, timeout=self.timeout)
-        try:
-            return out["choices"][0]["message"]["content"] or ""
-        except (KeyError, IndexError, TypeError):
-            raise EvalHTTPError(f"/v1/chat/completions: unexpected answer {str(out)[:200]}") from None
-
-
-def server_generator(url: str, api_key: str | None = None, model: str | None = None, **kw) -> ServerGenerator:
-    """An OpenAI-compatible HTTP ``generate_fn``; ``model`` defaults to the first of ``/v1/models``."""
-    return ServerGenerator(url, api_key, model, **kw)
-
-
-# --------------------------------------------------------------------------- local (transformers)
-
-def _chat_ids(tokenizer, messages: list[dict]) -> list[int]:
-    out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
-    ids = out["input_ids"]
-    if ids and isinstance(ids[0], list):
-        ids = ids[0]
-    return [int(i) for i in ids]
-
-
-class LocalGenerator:
-    """``generate_fn`` on a transformers causal LM, greedy; ``.model`` and ``.tokenizer`` are reusable."""
-
-    def __init__(self, model, tokenizer, device: str | None = None):
-        self.model, self.tokenizer = model, tokenizer
-        self.device = device or str(next(model.parameters()).device)
-
-    def prompt_ids(self, prompt) -> list[int]:
-        if isinstance(prompt, str):
-            return [int(i) for i in self.tokenizer(prompt)["input_ids"]]
-        return _chat_ids(self.tokenizer, [{"role": m["role"], "content": m["content"]} for m in prompt])
-
-    def __call__(self, prompt, max_tokens: int = DEFAULT_MAX_TOKENS) -> str:
-        import torch
-
-        ids = self.prompt_ids(prompt)
-        tok = self.tokenizer
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        x = torch.tensor([ids], device=self.device)
-        with torch.no_grad():
-            out = self.model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=int(max_tokens),
-                                      do_sample=False, pad_token_id=pad)
-        return tok.decode(out[0, len(ids):].tolist(), skip_special_tokens=True)
-
-
-def load_local(model_dir, *, dtype: str = "float32", device: str = "cpu"):
-    """(model, tokenizer) from a transformers model folder, in eval mode."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    dt = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
-    if dt is None:
-        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
-    d = Path(model_dir)
-    if not (d / "config.json").is_file():
-        raise FileNotFoundError(f"{d}: not a model folder (no config.json)")
-    model = AutoModelForCausalLM.from_pretrained(d, dtype=dt).to(device).eval()
-    tok = AutoTokenizer.from_pretrained(d)
-    return model, tok
-
-
-def local_generator(model_dir=None, *, model=None, tokenizer=None, dtype: str = "float32",
-                    device: str = "cpu") -> LocalGenerator:
-    """A greedy transformers ``generate_fn`` from a model folder (or an already loaded model + tokenizer)."""
-    if model is None:
-        if model_dir is None:
-            raise ValueError("give model_dir, or model and tokenizer")
-        model, tokenizer = load_local(model_dir, dtype=dtype, device=device)
-    elif tokenizer is None:
-        raise ValueError("a model needs its tokenizer")
-    return LocalGenerator(model, tokenizer)
-
-
-# --------------------------------------------------------------------------- held-out perplexity
-
-def read_texts(path) -> list[str]:
-    """Held-out texts: ``.jsonl`` (one ``{"text": ...}`` a line), ``.json`` (a list of strings or of
-    ``{"text"}``) or anything else as plain text split on ``"\\n<|endoftext|>\\n"``."""
-    p = Path(path)
-    try:
-        raw = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise BehaviourFileError(f"cannot read held-out texts: {e}", str(p)) from None
-    texts: list[str] = []
-    if p.suffix == ".jsonl":
-        for n, line in enumerate(raw.split("\n"), start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BehaviourFileError(f"invalid JSON ({e.msg})", str(p), n) from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                raise BehaviourFileError('each line must be an object with a string "text"', str(p), n)
-            texts.append(obj["text"])
-    elif p.suffix == ".json":
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise BehaviourFileError(f"invalid JSON ({e.msg} at line {e.lineno})", str(p)) from None
-        if not isinstance(obj, list):
-            raise BehaviourFileError('expected a list of strings or of {"text": ...} objects', str(p))
-        for k, x in enumerate(obj):
-            t = x.get("text") if isinstance(x, dict) else x
-            if not isinstance(t, str):
-                raise BehaviourFileError(f"entry {k} is not a string or a {{\"text\"}} object", str(p))
-            texts.append(t)
-    else:
-        texts = raw.split(DOC_SEPARATOR)
-    texts = [t for t in texts if t.strip()]
-    if not texts:
-        raise BehaviourFileError("no held-out text", str(p))
-    return texts
-
-
-def windows(token_lists: Sequence[Sequence[int]], seq: int, max_tokens: int | None = None) -> list[list[int]]:
-    """Cut each text's tokens into consecutive windows of ≤ ``seq`` tokens (windows of 1 token dropped:
-    nothing to score); stop once ``max_tokens`` tokens are taken (the last window is truncated)."""
-    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 2:
-        raise ValueError(f"seq must be an integer ≥ 2, got {seq!r}")
-    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
-                                   or max_tokens < 2):
-        raise ValueError(f"max_tokens must be an integer ≥ 2 or None, got {max_tokens!r}")
-    out: list[list[int]] = []
-    budget = math.inf if max_tokens is None else max_tokens
-    for ids in token_lists:
-        for i in range(0, len(ids), seq):
-            w = [int(t) for t in ids[i: i + seq]][: int(min(seq, budget))]
-            if len(w) >= 2:
-                out.append(w)
-                budget -= len(w)
-            if budget < 2:
-                return out
-    return out
-
-
-def _ppl_result(nll: float, n: int, n_windows: int, n_texts: int, seq: int) -> dict:
-    return {"ppl": perplexity(nll, n), "nll_sum": nll, "tokens": n, "windows": n_windows, "texts": n_texts,
-            "seq": seq}
-
-
-def heldout_ppl_local(model, tokenizer, texts: Sequence[str], *, seq: int = 256, max_tokens: int | None = None,
-                      progress: bool | str = False) -> dict:
-    """Held-out perplexity of a transformers model (see the module docstring for the windows).
-
-    Returns ``{"ppl", "nll_sum", "tokens" (scored), "windows", "texts", "seq"}``.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    if isinstance(texts, str):
-        raise TypeError("texts must be a list of strings (use read_texts(path) for a file)")
-    toks = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    ws = windows(toks, seq, max_tokens)
-    if not ws:
-        raise ValueError("no window of ≥ 2 tokens in the held-out texts")
-    it: Iterable = ws
-    if progress:
-        from .report import progress as _progress
-
-        it = _progress(ws, total=len(ws), desc=progress if isinstance(progress, str) else "held-out perplexity")
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    nll, n = 0.0, 0
-    try:
-        with torch.no_grad():
-            for w in it:
-                x = torch.tensor([w], device=device)
-                logits = model(input_ids=x).logits[0, :-1].float()
-                nll += F.cross_entropy(logits, x[0, 1:], reduction="sum").item()
-                n += len(w) - 1
-    finally:
-        model.train(was_training)
-    return _ppl_result(nll, n, len(ws), len(texts), seq)
-
-
-def heldout_ppl_server(url: str, texts: Sequence[str], *, api_key: str | None = None, model: str | None = None,
-                       seq: int = 256, max_tokens: int | None = None, timeout: float = 300.0,
-                       progress: bool | str = False) -> dict:
-    """Held-out perplexity through an OpenAI-compatible vLLM server.
-
-    Tokenises with the server's ``POST /tokenize`` (no special tokens), builds the same
-    windows as :func:`heldout_ppl_local`, and sends each window as a token-id prompt to
-    ``/v1/completions`` with ``"prompt_logprobs": 0`` and ``max_tokens: 1`` (vLLM then
-    returns, per prompt position after the first, the log-probability of the actual
-    token). ``seq`` is lowered to the server's ``max_model_len - 1`` if needed.
-    """
-    if isinstance(texts, str):
-        raise TypeError("texts must be a list of strings (use read_texts(path) for a file)")
-    base = _base_url(url)
-    model = model or _served_model(base, api_key, timeout)
-    toks, max_len = [], None
-    for t in texts:
-        out = request_json(base + "/tokenize", {"model": model, "prompt": t, "add_special_tokens": False},
-                         api_key=api_key, timeout=timeout)
-        if not isinstance(out, dict) or not isinstance(out.get("tokens"), list):
-            raise EvalHTTPError(f"/tokenize: unexpected answer {str(out)[:200]}")
-        toks.append(out["tokens"])
-        if isinstance(out.get("max_model_len"), int):
-            max_len = out["max_model_len"]
-        if max_tokens is not None and sum(map(len, toks)) >= max_tokens:
-            break  # enough text for the budget: skip tokenising the rest
-    if max_len is not None and seq > max_len - 1:
-        seq = max_len - 1
-    ws = windows(toks, seq, max_tokens)
-    if not ws:
-        raise ValueError("no window of ≥ 2 tokens in the held-out texts")
-    it: Iterable = ws
-    if progress:
-        from .report import progress as _progress
-
-        it = _progress(ws, total=len(ws), desc=progress if isinstance(progress, str) else "held-out perplexity")
-    nll, n = 0.0, 0
-    for w in it:
-        body = {"model": model, "prompt": w, "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0}
-        out = request_json(base + "/v1/completions", body, api_key=api_key, timeout=timeout)
-        try:
-            plp = out["choices"][0]["prompt_logprobs"]
-        except (KeyError, IndexError, TypeError):
-            raise EvalHTTPError(f"/v1/completions: no prompt_logprobs in the answer {str(out)[:200]}") from None
-        if not isinstance(plp, list) or len(plp) != len(w):
-            raise EvalHTTPError(f"/v1/completions: {len(plp) if isinstance(plp, list) else 'no'} prompt logprobs "
-                                f"for a prompt of {len(w)} tokens")
-        for tok, entry in zip(w[1:], plp[1:]):
-            try:
-                lp = float(entry[str(tok)]["logprob"])
-            except (KeyError, TypeError, ValueError):
-                raise EvalHTTPError(f"/v1/completions: no logprob for prompt token {tok}") from None
-            if not math.isfinite(lp):
-                lp = -9999.0  # vLLM's own clamp of -inf
-            nll -= lp
-            n += 1
-    return _ppl_result(nll, n, len(ws), len(texts), seq)
 
 
 # --------------------------------------------------------------------------- shipped datasets
