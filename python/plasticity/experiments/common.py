@@ -1,4 +1,6 @@
-"""Shared machinery of the experiments: the model + Trainer rig, evaluation, reports.
+"""Shared machinery of the experiments: the model + Trainer rig and its evaluation. Where models and
+texts are found (``paths.py``), the written report (``report.py``) and the plots (``plots.py``) are
+their own modules; this one re-exports them.
 
 Every experiment trains through the code path the server uses: ``training.trainer.Trainer.step``
 (context-frozen loss, replay mixing by credit, fused ``LiveApollo`` stepping each parameter from
@@ -24,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import random
 import sys
 import threading
@@ -32,9 +33,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+# the experiments use all of these through this module (``from . import common as C``)
+from .paths import corpus_paths, models_root, resolve_model
+from .plots import bar_plot, heatmap, line_plot, panel_bars
+from .report import fmt, sanity_problems, write_outputs
+
 __all__ = ["EXPERIMENTS", "Budget", "Example", "Rig", "Log", "models_root", "resolve_model", "corpus_paths",
-           "write_outputs", "sanity_problems", "pct", "fmt", "line_plot", "bar_plot", "loss_function",
-           "relative_change"]
+           "write_outputs", "sanity_problems", "pct", "fmt", "line_plot", "bar_plot", "heatmap", "panel_bars",
+           "loss_function", "relative_change"]
 
 # name -> (module, one-line description)
 EXPERIMENTS = {
@@ -49,61 +55,6 @@ EXPERIMENTS = {
 
 DEFAULT_MODEL = "qwen3-tiny"
 HYBRID_MODEL = "qwen3_5-tiny"
-
-
-# --------------------------------------------------------------------------- paths
-
-MODELS_SUBDIR = Path(".cache") / "plasticity" / "models"
-
-
-def repo_root() -> Path:
-    return Path(__file__).resolve().parents[3]
-
-
-def models_root() -> Path:
-    """Where scripts/build_test_models.py puts the local models: ``PLASTICITY_TEST_MODELS_DIR``, else
-    ``.cache/plasticity/models`` in the current directory or the nearest parent that has one (the
-    installed wheel lives in site-packages, far from the checkout), else the user cache
-    (``~/.cache/plasticity/models``, where scripts/setup.sh builds them)."""
-    env = os.environ.get("PLASTICITY_TEST_MODELS_DIR")
-    if env:
-        return Path(env)
-    here = Path.cwd().resolve()
-    for d in (here, *here.parents):
-        if (d / MODELS_SUBDIR).is_dir():
-            return d / MODELS_SUBDIR
-    return user_cache() / "models"
-
-
-def user_cache() -> Path:
-    """Where scripts/setup.sh builds the models now, outside every checkout: ``$PLASTICITY_CACHE_DIR``,
-    else ``$XDG_CACHE_HOME/plasticity``, else ``~/.cache/plasticity``."""
-    env = os.environ.get("PLASTICITY_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "plasticity"
-
-
-def resolve_model(arg: str | None, default_name: str) -> Path:
-    d = Path(arg).expanduser() if arg else models_root() / default_name
-    if not (d / "config.json").is_file():
-        hint = "" if arg else " (build the local test models with: .venv/bin/python scripts/build_test_models.py)"
-        raise SystemExit(f"plasticity experiment: {d}: not a model folder (no config.json){hint}")
-    return d.resolve()
-
-
-def corpus_paths(model_dir: Path, heldout: str | None = None, replay: str | None = None) -> tuple[Path, Path]:
-    """(held-out text, replay text): the options, else the local corpus beside the model, else the default one."""
-    cands = [model_dir.parent / "corpus", models_root() / "corpus"]
-    corpus = next((c for c in cands if (c / "heldout.jsonl").is_file() and (c / "train.txt").is_file()), None)
-    h = Path(heldout) if heldout else (corpus / "heldout.jsonl" if corpus else None)
-    r = Path(replay) if replay else (corpus / "train.txt" if corpus else None)
-    for what, p in (("held-out", h), ("replay", r)):
-        if p is None or not p.is_file():
-            raise SystemExit(f"plasticity experiment: no {what} text found (looked in {[str(c) for c in cands]}); "
-                             f"pass --{'heldout' if what == 'held-out' else 'replay'} FILE")
-    return h.resolve(), r.resolve()
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -145,20 +96,6 @@ def pct(x: float | None, digits: int = 1) -> str:
     if x is None:
         return "n/a"
     return f"{x * 100:+.{digits}f}%"
-
-
-def fmt(x, digits: int = 3) -> str:
-    if x is None:
-        return "n/a"
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, int):
-        return str(x)
-    if isinstance(x, float):
-        if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e5):
-            return f"{x:.2e}"
-        return f"{x:.{digits}g}" if abs(x) < 1 else f"{x:.{max(digits, 4)}g}"
-    return str(x)
 
 
 def _rss() -> int:
@@ -398,196 +335,6 @@ class Rig:
         }
 
 
-# --------------------------------------------------------------------------- reports
-
-def _walk(obj, path=""):
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _walk(v, f"{path}.{k}" if path else str(k))
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            yield from _walk(v, f"{path}[{i}]")
-    else:
-        yield path, obj
-
-
-def sanity_problems(result: dict) -> list[str]:
-    """Problems in a result: non-finite numbers, rates outside [0, 1], perplexities ≤ 0, missing fields."""
-    out = []
-    for k in ("experiment", "answer", "rows", "setup", "quick", "seconds"):
-        if k not in result:
-            out.append(f"missing field {k!r}")
-    if not isinstance(result.get("answer"), str) or len(result.get("answer", "")) < 20:
-        out.append("answer is not a sentence")
-    if not result.get("rows"):
-        out.append("no rows")
-    for path, v in _walk(result):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            continue
-        leaf = path.rsplit(".", 1)[-1].split("[")[0]
-        if not math.isfinite(v):
-            out.append(f"{path} = {v} (not finite)")
-        elif (leaf.endswith(("_pass", "_rate", "agreement"))) and not 0 <= v <= 1:
-            out.append(f"{path} = {v} (a rate outside [0, 1])")
-        elif (leaf == "ppl" or leaf.endswith("_ppl")) and not v > 0:
-            out.append(f"{path} = {v} (perplexity ≤ 0)")
-    return out
-
-
-def _md_table(rows: list[dict], columns: list[tuple]) -> str:
-    """Markdown table; ``columns``: (key, header[, formatter])."""
-    head = "| " + " | ".join(c[1] for c in columns) + " |"
-    sep = "|" + "|".join("---" for _ in columns) + "|"
-    lines = [head, sep]
-    for r in rows:
-        cells = []
-        for c in columns:
-            v = r.get(c[0])
-            cells.append(c[2](v) if len(c) > 2 and v is not None else fmt(v))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def write_outputs(out: Path, result: dict, *, title: str, question: str, columns: list[tuple],
-                  notes: list[str] = (), extra_md: str = "") -> dict:
-    """results.json + table.md + report.md into ``out`` (plots are already there, listed in result["plots"])."""
-    from plasticity.eval.report import write_json
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    result.setdefault("plots", [])
-    problems = sanity_problems(result)
-    result["sanity_problems"] = problems
-    table = _md_table(result["rows"], columns)
-    (out / "table.md").write_text(table, encoding="utf-8")
-    s = result["setup"]
-    setup_lines = "\n".join(f"- {k}: `{json.dumps(v) if not isinstance(v, str) else v}`" for k, v in s.items())
-    plots = "\n".join(f"![{p}]({p})" for p in result["plots"])
-    md = [f"# Experiment `{result['experiment']}`: {title}", "",
-          f"**Question.** {question}", "",
-          f"**Answer (computed from the numbers below).** {result['answer']}", "",
-          f"Run: {'--quick (small budget: a smoke test, not evidence)' if result['quick'] else 'full budget'}, "
-          f"{result['seconds']:.0f} s wall, {result.get('created', '')}.", "",
-          "## Results", "", table, extra_md, "", "## Plots", "", plots or "(matplotlib not installed: none)", "",
-          "## Setup", "", setup_lines, ""]
-    if notes:
-        md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
-    if problems:
-        md += ["## Sanity problems", ""] + [f"- {p}" for p in problems] + [""]
-    md += ["Files: `results.json` (every number, per-step losses), `table.md`, the PNG plots.", ""]
-    (out / "report.md").write_text("\n".join(md), encoding="utf-8")
-    write_json(out / "results.json", result)
-    return result
-
-
-# --------------------------------------------------------------------------- plots
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _can_plot() -> bool:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def line_plot(path: Path, series: dict[str, tuple[list, list]], *, title: str, xlabel: str, ylabel: str,
-              logx: bool = False, logy: bool = False, right: dict[str, tuple[list, list]] | None = None,
-              right_label: str = "", hline: float | None = None) -> str | None:
-    """One line per series {label: (xs, ys)}; optional second y axis; returns the file name or None."""
-    if not _can_plot():
-        return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for label, (xs, ys) in series.items():
-        ax.plot(xs, ys, marker="o", ms=3, label=label)
-    if hline is not None:
-        ax.axhline(hline, color="grey", lw=0.8, ls=":")
-    if "pass" in ylabel:
-        ax.set_ylim(-0.03, 1.05)
-    if logx:
-        ax.set_xscale("log")
-    if logy:
-        ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    handles, labels = ax.get_legend_handles_labels()
-    if right:
-        ax2 = ax.twinx()
-        for k, (label, (xs, ys)) in enumerate(right.items()):
-            ax2.plot(xs, ys, marker="s", ms=3, ls="--", label=label, color=f"C{(len(series) + 1 + k) % 10}")
-        ax2.set_ylabel(right_label)
-        h2, l2 = ax2.get_legend_handles_labels()
-        handles, labels = handles + h2, labels + l2
-    ax.legend(handles, labels, fontsize=8, loc="best")
-    ax.grid(alpha=0.3)
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return p.name
-
-
-def bar_plot(path: Path, groups: list[str], bars: dict[str, list[float]], *, title: str, ylabel: str,
-             logy: bool = False) -> str | None:
-    """Grouped bars: one group per x label, one bar per series."""
-    if not _can_plot():
-        return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(groups) * max(1, len(bars)) * 0.6 + 2), 3.8))
-    n = max(1, len(bars))
-    w = 0.8 / n
-    for i, (label, vals) in enumerate(bars.items()):
-        xs = [j + (i - (n - 1) / 2) * w for j in range(len(groups))]
-        ax.bar(xs, vals, width=w, label=label)
-    ax.set_xticks(range(len(groups)), groups, rotation=15, ha="right", fontsize=8)
-    if logy:
-        ax.set_yscale("log")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    if len(bars) > 1:
-        ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, axis="y")
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return p.name
-
-
-def heatmap(path: Path, M: list[list[float]], rows: list[str], cols: list[str], *, title: str,
-            vmin: float | None = None, vmax: float | None = None, cmap: str = "viridis") -> str | None:
-    if not _can_plot():
-        return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(cols), 1.2 + 0.6 * len(rows)))
-    im = ax.imshow(M, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    ax.set_xticks(range(len(cols)), cols, rotation=20, ha="right", fontsize=8)
-    ax.set_yticks(range(len(rows)), rows, fontsize=8)
-    lo, hi = im.get_clim()
-    for i, r in enumerate(M):
-        for j, v in enumerate(r):
-            x = (v - lo) / (hi - lo) if hi > lo else 0.5
-            bright = x > 0.6 if not cmap.endswith("_r") else x < 0.4
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="black" if bright else "white")
-    ax.set_title(title)
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return p.name
-
-
 def finish(result: dict, log: Log, *, quick: bool, budget: Budget, setup: dict) -> dict:
     """Common fields of every result."""
     result["quick"] = bool(quick)
@@ -626,30 +373,3 @@ def base_setup(rig: Rig, args) -> dict:
             "heldout_tokens": int(rig.heldout_ids.numel()) if rig.heldout_ids is not None else 0,
             "replay_text": str(rig.replay_path), "seed": rig.seed, "torch_threads": torch.get_num_threads(),
             "training_path": "plasticity.training.trainer.Trainer.step (context-frozen, fused LiveApollo)"}
-
-
-def panel_bars(path: Path, labels: list[str], metrics: dict[str, list[float]], *, title: str) -> str | None:
-    """One small bar chart per metric (each on its own scale), one bar per label."""
-    if not _can_plot():
-        return None
-    plt = _plt()
-    k = len(metrics)
-    fig, axes = plt.subplots(1, k, figsize=(max(6.0, 2.4 * k), 3.4), squeeze=False)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, (name, vals) in zip(axes[0], metrics.items()):
-        ax.bar(range(len(labels)), vals, color=[colors[i % len(colors)] for i in range(len(labels))])
-        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=7)
-        ax.set_title(name, fontsize=9)
-        ax.grid(alpha=0.3, axis="y")
-        ax.axhline(0, color="black", lw=0.6)
-        if "pass" in name or "agreement" in name or "exact" in name:
-            ax.set_ylim(0, 1.08)
-        for i, v in enumerate(vals):
-            ax.text(i, v, f"{v:.3g}", ha="center", va="bottom", fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return p.name
