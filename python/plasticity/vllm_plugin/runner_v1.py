@@ -1,7 +1,7 @@
 """V1 model runner (the CPU build's runner): fill the slot index around ``_model_forward``.
 
 ``_model_forward`` runs inside ``execute_model`` after ``input_batch.req_ids``
-and ``query_start_loc`` are final (memo §2): request i owns flattened tokens
+and ``query_start_loc`` are final (docs/design/vllm-hooks.md §2): request i owns flattened tokens
 ``[qsl[i], qsl[i+1])``. Extra args arrive once, with the new request, and stay
 in ``runner.requests[req_id].sampling_params``.
 """

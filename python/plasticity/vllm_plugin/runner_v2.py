@@ -1,5 +1,5 @@
 """Model Runner V2 (the GPU default): UNVERIFIED — V2 needs Triton and cannot run
-on this CPU build. Written from the source of vLLM 0.32 (memo §2):
+on this CPU build. Written from the source of vLLM 0.32 (docs/design/vllm-hooks.md §2):
 
 - ``add_requests`` drops ``extra_args``: stash them per request id;
 - ``finish_requests``: drop the stash;

@@ -37,7 +37,7 @@ def find_decoder_layers(model: torch.nn.Module, num_layers: int) -> torch.nn.Mod
 
 def _steer_hook(mod, args, out):
     # Decoder layers return (hidden, residual); the stream after the block is
-    # their sum, so adding to the residual steers it (memo §4). No branching on
+    # their sum, so adding to the residual steers it (docs/design/vllm-hooks.md §4). No branching on
     # runtime state: the op reads the buffers the runner just filled.
     if isinstance(out, tuple) and len(out) == 2 and out[1] is not None:
         r = out[1]
