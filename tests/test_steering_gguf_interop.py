@@ -12,7 +12,8 @@ import pytest
 from plasticity.steering.files import load_vector_file, save_gguf
 
 VENV_PY = Path(__file__).resolve().parents[1] / ".cache/venv-gguf/bin/python"
-pytestmark = pytest.mark.skipif(not VENV_PY.exists(), reason="run scripts/setup_steering_interop.sh first")
+pytestmark = [pytest.mark.interop,
+              pytest.mark.skipif(not VENV_PY.exists(), reason="run scripts/setup_steering_interop.sh first")]
 
 # repeng.extract.ControlVector.import_gguf, minus the class
 REPENG_IMPORT = r'''

@@ -26,8 +26,8 @@ from models import model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_PY = ROOT / ".cache/venv-repeng/bin/python"
-pytestmark = pytest.mark.skipif(
-    not VENV_PY.exists(), reason="repeng side venv missing: run bash scripts/setup_steering_interop.sh")
+pytestmark = [pytest.mark.interop, pytest.mark.skipif(
+    not VENV_PY.exists(), reason="repeng side venv missing: run bash scripts/setup_steering_interop.sh")]
 
 # 16 contrastive pairs of different lengths (so the batch is padded and the
 # last-non-pad-token read matters).

@@ -459,6 +459,7 @@ def mk(tmp_path_factory):
     return {"tmp": tmp, "spec": spec, "meta": meta, "rnd": rnd, "models": models}
 
 
+@pytest.mark.interop
 @needs_mergekit
 @pytest.mark.parametrize("case", [c[0] for c in MK_TIES + MK_TA])
 def test_random_tensors_match_mergekit(mk, case):
@@ -478,6 +479,7 @@ def test_random_tensors_match_mergekit(mk, case):
     assert worst <= TOL
 
 
+@pytest.mark.interop
 @needs_mergekit
 @pytest.mark.parametrize("tag", [f[0] for f in MK_FILES])
 def test_real_task_vectors_match_mergekit_run_merge(mk, tag):
