@@ -2,7 +2,7 @@
 merge keeps both (the task-vector issue's merge proof), on the real vLLM CPU server.
 
 The base is ``qwen3-tiny-long`` (qwen3-tiny pretrained 1200 steps, held-out perplexity ~51):
-on the 300-step qwen3-tiny no merge keeps both behaviours (docs/task-vectors.md, "Merging
+on the 300-step qwen3-tiny no merge keeps both behaviours (docs/results/task-vectors-on-the-server.md, "Merging
 behaviours on the tiny model"). Each run also trains on 40 anchors (generic questions → the
 base's own greedy reply) with 75% replay of the corpus, each from the same replay seed
 (``/v1/training/settings`` ``replay_seed``); a third run on the anchors and replay alone is

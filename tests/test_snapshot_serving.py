@@ -107,7 +107,7 @@ def test_snapshots_rollback_negate_and_merge(tv_server):
     assert rate_a >= 0.75 and rate_b >= 0.75, REPORT
     # The merged pass rates are reported, not asserted: on this 300-step base every merge we
     # tried (task arithmetic λ 0.5-1, TIES density 0.2-1, λ 1-2) loses a behaviour
-    # (docs/task-vectors.md "Merging behaviours on the tiny model"). The merge that keeps both is
+    # (docs/results/task-vectors-on-the-server.md, "Merging behaviours on the tiny model"). The merge that keeps both is
     # measured on the better-pretrained base by the science test tests/test_merge_serving.py.
 
 

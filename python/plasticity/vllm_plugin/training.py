@@ -279,7 +279,7 @@ def settings(st, changes=None):
     if seed is not None:
         # Restart the replay sampler: runs started with the same seed replay the same windows, so
         # the part of their task vectors that replay makes is shared (merges relative_to a
-        # replay-only snapshot subtract it; docs/task-vectors.md, "Round 5").
+        # replay-only snapshot subtract it; docs/results/task-vectors-on-the-server.md, "Round 5").
         st.trainer.rng, st.trainer.replay_credit = random.Random(seed), 0.0
     if thr is not None:
         st.trainer.guard.threshold = thr
