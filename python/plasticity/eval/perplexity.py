@@ -77,6 +77,18 @@ def windows(token_lists: Sequence[Sequence[int]], seq: int, max_tokens: int | No
     return out
 
 
+def _scored_windows(toks, seq: int, max_tokens: int | None, progress) -> tuple[list[list[int]], Iterable]:
+    """The windows both paths score, and what to iterate (with a progress bar when asked)."""
+    ws = windows(toks, seq, max_tokens)
+    if not ws:
+        raise ValueError("no window of ≥ 2 tokens in the held-out texts")
+    if not progress:
+        return ws, ws
+    from .report import progress as _progress
+
+    return ws, _progress(ws, total=len(ws), desc=progress if isinstance(progress, str) else "held-out perplexity")
+
+
 def _ppl_result(nll: float, n: int, n_windows: int, n_texts: int, seq: int) -> dict:
     return {"ppl": perplexity(nll, n), "nll_sum": nll, "tokens": n, "windows": n_windows, "texts": n_texts,
             "seq": seq}
@@ -94,14 +106,7 @@ def heldout_ppl_local(model, tokenizer, texts: Sequence[str], *, seq: int = 256,
     if isinstance(texts, str):
         raise TypeError("texts must be a list of strings (use read_texts(path) for a file)")
     toks = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    ws = windows(toks, seq, max_tokens)
-    if not ws:
-        raise ValueError("no window of ≥ 2 tokens in the held-out texts")
-    it: Iterable = ws
-    if progress:
-        from .report import progress as _progress
-
-        it = _progress(ws, total=len(ws), desc=progress if isinstance(progress, str) else "held-out perplexity")
+    ws, it = _scored_windows(toks, seq, max_tokens, progress)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -146,14 +151,7 @@ def heldout_ppl_server(url: str, texts: Sequence[str], *, api_key: str | None = 
             break  # enough text for the budget: skip tokenising the rest
     if max_len is not None and seq > max_len - 1:
         seq = max_len - 1
-    ws = windows(toks, seq, max_tokens)
-    if not ws:
-        raise ValueError("no window of ≥ 2 tokens in the held-out texts")
-    it: Iterable = ws
-    if progress:
-        from .report import progress as _progress
-
-        it = _progress(ws, total=len(ws), desc=progress if isinstance(progress, str) else "held-out perplexity")
+    ws, it = _scored_windows(toks, seq, max_tokens, progress)
     nll, n = 0.0, 0
     for w in it:
         body = {"model": model, "prompt": w, "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0}
