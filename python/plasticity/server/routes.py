@@ -68,6 +68,16 @@ class PlasticityEndpoints:
             return _err("steering is not initialised (no engine)", 503)
         return None
 
+    async def _admin_body(self, request: Request) -> dict | JSONResponse:
+        """An admin write's guard, then its body as a JSON object: the object, or the error answer."""
+        if (g := self._guard(request)) is not None:
+            return g
+        try:
+            body = await _json_body(request)
+        except BodyError as e:
+            return _err(str(e), e.code)
+        return body if isinstance(body, dict) else _err("body must be a JSON object", 400)
+
     def attach_router(self, app: FastAPI) -> None:
         r = APIRouter()
         plugin = self
@@ -82,14 +92,8 @@ class PlasticityEndpoints:
 
         @r.post("/v1/steering/vectors")
         async def add_vector(request: Request):
-            if (g := plugin._guard(request)) is not None:
-                return g
-            try:
-                body = await _json_body(request)
-            except BodyError as e:
-                return _err(str(e), e.code)
-            if not isinstance(body, dict):
-                return _err("body must be a JSON object", 400)
+            if not isinstance(body := await plugin._admin_body(request), dict):
+                return body
             c = plugin.catalogue
             try:
                 name, replace = body.get("name"), body.get("replace", False)
@@ -134,16 +138,10 @@ class PlasticityEndpoints:
 
         @r.post("/v1/steering/default")
         async def set_default(request: Request):
-            if (g := plugin._guard(request)) is not None:
-                return g
-            try:
-                body = await _json_body(request)
-            except BodyError as e:
-                return _err(str(e), e.code)
+            if not isinstance(body := await plugin._admin_body(request), dict):
+                return body
             c = plugin.catalogue
             try:
-                if not isinstance(body, dict):
-                    raise SteeringError("body must be a JSON object")
                 async with c.lock:
                     c.default = c.spec_from_default(body)
             except SteeringError as ex:
