@@ -15,7 +15,8 @@ DEFAULT_MAX_TOKENS = 32  # a behaviour test's reply budget when its file gives n
 
 # --------------------------------------------------------------------------- HTTP (OpenAI-compatible)
 
-def _base_url(url: str) -> str:
+def server_base_url(url: str) -> str:
+    """``http://host:port`` from a server URL given with or without its ``/v1`` suffix."""
     if not isinstance(url, str) or not re.match(r"^https?://", url):
         raise ValueError(f"server URL must start with http:// or https://, got {url!r}")
     u = url.rstrip("/")
@@ -41,7 +42,7 @@ class ServerGenerator:
 
     def __init__(self, url: str, api_key: str | None = None, model: str | None = None, *,
                  timeout: float = 120.0, extra_body: dict | None = None):
-        self.base = _base_url(url)
+        self.base = server_base_url(url)
         self.api_key = api_key
         self.timeout = timeout
         self.extra_body = dict(extra_body or {})

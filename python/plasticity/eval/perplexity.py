@@ -11,7 +11,7 @@ from typing import Iterable, Sequence
 from plasticity.http.client import request_json
 
 from .errors import BehaviourFileError, EvalHTTPError
-from .generators import _base_url, _served_model
+from .generators import server_base_url, _served_model
 from .metrics import perplexity
 
 DOC_SEPARATOR = "\n<|endoftext|>\n"  # between documents in a .txt held-out file
@@ -136,7 +136,7 @@ def heldout_ppl_server(url: str, texts: Sequence[str], *, api_key: str | None = 
     """
     if isinstance(texts, str):
         raise TypeError("texts must be a list of strings (use read_texts(path) for a file)")
-    base = _base_url(url)
+    base = server_base_url(url)
     model = model or _served_model(base, api_key, timeout)
     toks, max_len = [], None
     for t in texts:

@@ -27,6 +27,7 @@ from plasticity.http.client import request_json
 from plasticity.taskvec.snapshot_folder import META_FILE, NAME_RULE, TV_FILE, is_snapshot_name
 
 from . import behaviour as bh
+from .generators import server_base_url
 
 
 
@@ -73,7 +74,7 @@ class ServerSnapshot:
     def __init__(self, url: str, name: str, api_key: str | None):
         if not is_snapshot_name(name):
             raise SnapshotEvalError(f"--snapshot {name!r}: not a snapshot name ({NAME_RULE})")
-        self.base, self.name, self.api_key = bh._base_url(url), name, api_key
+        self.base, self.name, self.api_key = server_base_url(url), name, api_key
         self._path = "/v1/snapshots/" + urllib.parse.quote(name, safe="")
 
     def meta(self) -> dict:
