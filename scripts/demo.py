@@ -87,7 +87,7 @@ vectors_dir = "vectors"
 
 [training]
 enabled = true
-lr = 1e-4                    # the fact: 4/4 held-out paraphrases in 32 steps (docs/training.md, SmolLM2)
+lr = 1e-4                    # the fact: 4/4 held-out paraphrases in 32 steps (docs/results/training.md)
 rank = 64                    # Apollo rank: state 1/8 of AdamW's on this 576-wide model
 replay_ratio = 0.5           # half of every batch is general text
 replay_source = {json.dumps(str(corpus / "train.txt"))}

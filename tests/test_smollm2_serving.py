@@ -4,7 +4,7 @@ vLLM, real HTTP), driven by the very functions of scripts/demo.py, with a shorte
 One server for the whole file (SmolLM2 takes ~3 minutes to start on 2 cores): steering a mood
 extracted on the server, teaching a fact while a client is answered, then snapshot, rollback to
 the base (bit-identical replies) and forward. The demo's full-length numbers are in
-docs/training.md; here the training is cut to what CI can afford, and the assertions are the
+docs/results/training.md; here the training is cut to what CI can afford, and the assertions are the
 ones that length is measured to meet (see EPOCHS)."""
 
 from __future__ import annotations

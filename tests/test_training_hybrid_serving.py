@@ -3,7 +3,7 @@ vLLM CPU in bfloat16: the GDN parameters (A_log, dt_bias, in_proj_*) are views o
 weights, writes through them are seen by the next served forward, and training steps move them.
 
 The full behaviour (12/12 held-out prompts) on the hybrid takes ~10 min on 2 cores because
-transformers' GDN runs its torch fallback; it is measured offline (docs/training.md), not in CI.
+transformers' GDN runs its torch fallback; it is measured offline (docs/results/training.md), not in CI.
 """
 
 from __future__ import annotations

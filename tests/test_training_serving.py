@@ -155,6 +155,6 @@ def test_teach_behaviour_while_serving(train_server):
         with open(os.path.join(os.environ["PLASTICITY_BENCH_OUT"], "training_e2e.json"), "w") as f:
             json.dump(report, f, indent=1)
     assert hits >= len(ts.HELD) * 0.75, report
-    # The target: held-out perplexity rises by less than 5% (75% replay; docs/training.md "Numbers").
+    # The target: held-out perplexity rises by less than 5% (75% replay; docs/results/training.md).
     assert ppl1 < ppl0 * 1.05, report
     assert st["skipped_steps"] == 0

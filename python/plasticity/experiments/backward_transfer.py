@@ -131,7 +131,7 @@ def run(args) -> dict:
          "became more likely.\n")
     notes = ["Pass rates: held-out tests of each behaviour (greedy); controls: prompts that must not get it.",
              "Replay text comes from the corpus the tiny model was pretrained on (briefly), so replay by itself can "
-             "lower held-out perplexity (docs/training.md); a drop in perplexity is not evidence that the behaviours "
+             "lower held-out perplexity (docs/results/training.md); a drop in perplexity is not evidence that the behaviours "
              "helped general text.",
              "Each sequence uses one Trainer (one Apollo state), as a server taught one behaviour after another."]
     return C.write_outputs(out, result, title=TITLE, question=QUESTION, columns=cols, notes=notes, extra_md=extra)

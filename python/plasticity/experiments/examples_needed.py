@@ -3,7 +3,7 @@
 For each N, the weights are reset and the behaviour is taught from the first N training
 examples (shuffled once with the seed) through ``Trainer.step``, one behavioural example per step,
 on two schedules, each with the configured replay ratios (the seeds' 25%, and 75%, which
-docs/training.md found keeps the tiny model's perplexity within 5%):
+docs/results/training.md found keeps the tiny model's perplexity within 5%):
 
 - ``repeated``: cycling over the N examples for ``max(min_steps, N)`` steps, so small N is not
   starved of updates (the examples-vs-diversity question at a fixed number of updates);
