@@ -1,4 +1,5 @@
-"""Our extraction against repeng 0.4.0 itself, run on the tiny Qwen3 model.
+"""Our extraction against repeng 0.4.0 itself, on the tiny Qwen3 model and on SmolLM2-135M-Instruct
+(the real model: 30 layers, 576 wide, a Llama).
 
 repeng (+ scikit-learn, gguf) lives in the side venv .cache/venv-repeng made by
 scripts/setup_steering_interop.sh; it reuses .venv's torch/transformers/numpy
@@ -113,13 +114,16 @@ def _vote(h, v):
     return int((proj[0::2] > proj[1::2]).sum()), int((proj[0::2] < proj[1::2]).sum())
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
+MODEL_TYPES = {"qwen3-tiny": "qwen3", "smollm2-135m-instruct": "llama"}
+
+
+@pytest.fixture(scope="module", params=sorted(MODEL_TYPES))
+def run(tmp_path_factory, request):
     from plasticity.steering import extract as ex
     from plasticity.steering.files import save_gguf
 
     tmp = tmp_path_factory.mktemp("repeng")
-    mdir = model_dir("qwen3-tiny")
+    mdir = model_dir(request.param)
     model, tok = ex.load_model(str(mdir))
     ours = {m: ex.extract(model, tok, PAIRS, method=m) for m in (*METHODS, "mean_diff")}
     swapped = [(n_, p_) for p_, n_ in PAIRS]
@@ -136,7 +140,8 @@ def run(tmp_path_factory):
     meta = json.loads((tmp / "meta.json").read_text())
     print(f"\nrepeng subprocess {time.time() - t0:.1f} s (train+io {meta['seconds']:.1f} s); "
           f"sklearn {meta['sklearn']}, numpy {meta['numpy']}, torch {meta['torch']}")
-    return dict(ours=ours, hidden=hidden, theirs=theirs, meta=meta, tmp=tmp, n=n)
+    return dict(ours=ours, hidden=hidden, theirs=theirs, meta=meta, tmp=tmp, n=n,
+                model_type=MODEL_TYPES[request.param])
 
 
 def test_hidden_state_read_matches_repeng(run):
@@ -201,7 +206,7 @@ def test_mean_diff_is_mean_of_repeng_hidden_differences(run):
 
 def test_repeng_import_gguf_reads_ours(run):
     theirs, meta = run["theirs"], run["meta"]
-    assert meta["imported_model_type"] == "qwen3"
+    assert meta["imported_model_type"] == run["model_type"]
     got = {int(k.split("/")[1]): v for k, v in theirs.items() if k.startswith("imported/")}
     assert sorted(got) == sorted(run["ours"]["pca_diff"])
     for l, v in run["ours"]["pca_diff"].items():
@@ -213,7 +218,7 @@ def test_ours_reads_repeng_export_gguf(run):
 
     got, md = load_vector_file(run["tmp"] / "theirs.gguf")
     assert md["general.architecture"] == "controlvector"
-    assert md["controlvector.model_hint"] == run["meta"]["model_type"] == "qwen3"
+    assert md["controlvector.model_hint"] == run["meta"]["model_type"] == run["model_type"]
     assert md["controlvector.layer_count"] == len(got)
     assert sorted(got) == run["meta"]["pca_diff_layers"]
     for l, v in got.items():
