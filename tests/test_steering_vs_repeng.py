@@ -125,11 +125,18 @@ def run(tmp_path_factory, request):
     tmp = tmp_path_factory.mktemp("repeng")
     mdir = model_dir(request.param)
     model, tok = ex.load_model(str(mdir))
-    ours = {m: ex.extract(model, tok, PAIRS, method=m) for m in (*METHODS, "mean_diff")}
-    swapped = [(n_, p_) for p_, n_ in PAIRS]
-    ours.update({"swapped/" + m: ex.extract(model, tok, swapped, method=m) for m in METHODS})
     n = model.config.num_hidden_layers
+    # one forward for every method and both pair orders (a pair's hidden states do not depend on the
+    # order within it); extract() itself, which does the same per call, is checked against it below
     hidden = ex.read_hidden(model, tok, [s for p in PAIRS for s in p], list(range(n)))
+    swapped_hidden = {l: h.reshape(-1, 2, h.shape[1])[:, ::-1].reshape(h.shape) for l, h in hidden.items()}
+    ours = {m: ex.directions_from_hidden({l: h for l, h in hidden.items() if l > 0}, m)
+            for m in (*METHODS, "mean_diff")}
+    ours.update({"swapped/" + m: ex.directions_from_hidden({l: h for l, h in swapped_hidden.items() if l > 0}, m)
+                 for m in METHODS})
+    extracted = ex.extract(model, tok, PAIRS, method="pca_diff")
+    assert sorted(extracted) == sorted(ours["pca_diff"])
+    assert all(np.array_equal(extracted[l], ours["pca_diff"][l]) for l in extracted)
     save_gguf(tmp / "ours.gguf", ours["pca_diff"], model.config.model_type)
     (tmp / "pairs.json").write_text(json.dumps(PAIRS))
     t0 = time.time()

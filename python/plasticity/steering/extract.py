@@ -81,6 +81,14 @@ def check_pairs(pairs) -> list[tuple[str, str]]:
     return out
 
 
+def _last_logits_only(model) -> dict:
+    """Only the hidden states are read, so skip the vocabulary projection at every position but the
+    last (on SmolLM2, 49152 × 576 per token: a fifth of the forward) where the model allows it."""
+    import inspect
+
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+
 def read_hidden(model, tokenizer, texts: list[str], layers: list[int], batch_size: int = 32) -> dict[int, np.ndarray]:
     import torch
 
@@ -90,7 +98,7 @@ def read_hidden(model, tokenizer, texts: list[str], layers: list[int], batch_siz
     with torch.no_grad():
         for s in range(0, len(texts), batch_size):
             enc = tokenizer(texts[s:s + batch_size], padding=True, return_tensors="pt").to(model.device)
-            out = model(**enc, output_hidden_states=True)
+            out = model(**enc, output_hidden_states=True, **_last_logits_only(model))
             mask = enc["attention_mask"]
             # index of the last 1 in the mask (works for left and right padding)
             last = mask.shape[1] - 1 - mask.flip(1).argmax(1)
