@@ -224,15 +224,35 @@ def train_server(vllm_servers, tmp_path_factory, train_root):
 LORA_SLOTS, LORA_RANK = 2, 64
 
 
+@pytest.fixture(scope="session")
+def trained_snapshots(tmp_path_factory):
+    """Snapshot folders of qwen3-tiny trained on the behaviours (name -> frozen copy), left by
+    tests/test_snapshot_serving.py for later servers of the same model and trainable set, so the
+    LoRA test does not retrain A and B (~3 min); a test run without it trains them itself."""
+    import shutil
+
+    class Trained(dict):
+        def keep(self, name, folder):
+            dst = tmp_path_factory.mktemp("trained-snapshots") / name
+            shutil.copytree(folder, dst)
+            self[name] = dst
+
+    return Trained()
+
+
 @pytest.fixture
-def lora_server(vllm_servers, tmp_path_factory):
+def lora_server(vllm_servers, tmp_path_factory, trained_snapshots):
     """qwen3-tiny with training and [snapshots] serve_max: snapshots served per request as LoRA adapters."""
+    import shutil
+
     import training_support as ts
 
     key = ("lora-qwen3",)
     if vllm_servers.current and vllm_servers.current[0] == key:
         return vllm_servers.current[1]
     root = tmp_path_factory.mktemp("lora")
+    for name, folder in trained_snapshots.items():
+        shutil.copytree(folder, root / "snapshots" / name)
     cfg = ts.write_config(root, snapshot_dir=str(root / "snapshots"))
     cfg.write_text(cfg.read_text() + f"\n[snapshots]\nserve_max = {LORA_SLOTS}\nserve_max_rank = {LORA_RANK}\n")
     env = {**ts.plugin_env(cfg), "VLLM_SERVER_DEV_MODE": "1"}

@@ -1,7 +1,8 @@
 """Snapshots served per request beside the live model as LoRA adapters, on the real vLLM CPU server
 (qwen3-tiny, float32, [snapshots] serve_max = 2): behaviour A and B are trained through the routes
-and saved, the live weights go back to the base, and then the base, A and B are served at once,
-chosen by each request's ``model``. Figures are printed (-s)."""
+and saved (or, after tests/test_snapshot_serving.py, taken from its snapshot folder, trained there
+the same way from the same base), the live weights go back to the base, and then the base, A and B
+are served at once, chosen by each request's ``model``. Figures are printed (-s)."""
 
 from __future__ import annotations
 
@@ -43,10 +44,15 @@ def test_base_and_two_snapshots_served_at_once(lora_server):
     base = srv.served_model_name
     rates = {}
     full = {}
+    saved = {m["name"] for m in _ok(*ts.request(srv, "GET", "/v1/snapshots"))["snapshots"]}
+    print(f"\nsnapshots A, B: {'from the snapshot test' if {'A', 'B'} <= saved else 'trained here'}")
     for name, behaviour in (("A", "ticket-reply"), ("B", "refusal")):
-        _ok(*ts.request(srv, "POST", "/v1/rollback", {"to": "base"}))
-        _teach(srv, behaviour)
-        _ok(*ts.request(srv, "POST", "/v1/snapshots", {"name": name}), want=201)
+        if {"A", "B"} <= saved:
+            _ok(*ts.request(srv, "POST", "/v1/rollback", {"to": name}))
+        else:
+            _ok(*ts.request(srv, "POST", "/v1/rollback", {"to": "base"}))
+            _teach(srv, behaviour)
+            _ok(*ts.request(srv, "POST", "/v1/snapshots", {"name": name}), want=201)
         rates[name] = _rate(srv, behaviour, base)[0]
         full[name] = _replies(srv, base)
     _ok(*ts.request(srv, "POST", "/v1/rollback", {"to": "base"}))
