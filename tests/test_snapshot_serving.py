@@ -29,7 +29,9 @@ def tv_server(vllm_servers, tmp_path_factory):
     if vllm_servers.current and vllm_servers.current[0] == key:
         return vllm_servers.current[1]
     root = tmp_path_factory.mktemp("tv")
-    cfg = ts.write_config(root, snapshot_dir=str(root / "snapshots"), guard_every=4, guard_threshold=0.5)
+    # the guard evaluates held-out perplexity every 16 steps (~2.5 s each): every 4 cost the two
+    # 160-step teaching runs 80 evaluations; the harmful run's 24 steps still cross a check
+    cfg = ts.write_config(root, snapshot_dir=str(root / "snapshots"), guard_every=16, guard_threshold=0.5)
     (root / "vectors").mkdir()
     cfg.write_text(cfg.read_text() + '\n[steering]\nadmin = true\nvectors_dir = "vectors"\nmax_abs_scale = 1000.0\n')
     env = {**ts.plugin_env(cfg), "VLLM_SERVER_DEV_MODE": "1"}
@@ -63,7 +65,7 @@ def _pass_rate(srv, behaviour):
     return run_tests(gen, tests)["pass_rate"]
 
 
-def test_snapshots_rollback_negate_and_merge(tv_server):
+def test_snapshots_rollback_negate_and_merge(tv_server, trained_snapshots):
     srv = tv_server
     base_sha = _sha(srv)
     rates0 = {b: _pass_rate(srv, b) for b in ("ticket-reply", "refusal")}
@@ -79,6 +81,8 @@ def test_snapshots_rollback_negate_and_merge(tv_server):
     _teach(srv, "refusal")
     _ok(*ts.request(srv, "POST", "/v1/snapshots", {"name": "B"}), want=201)
     b_sha = _sha(srv)
+    for name in ("A", "B"):  # as saved, before later tests attach evaluations to them
+        trained_snapshots.keep(name, srv.root / "snapshots" / name)
     rate_b = _pass_rate(srv, "refusal")
     # rollback to A: bit-identical; negating A from there: base, bit-identical
     _ok(*ts.request(srv, "POST", "/v1/rollback", {"to": "A"}))
