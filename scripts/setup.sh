@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 PY=${PYTHON:-python3}
 VENV=$ROOT/.venv
+# Rust build artefacts live outside the checkout, like the models: a fresh clone on the same
+# machine (CI) then rebuilds only this workspace's crates, not every dependency.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${PLASTICITY_CACHE_DIR:-$HOME/.cache/plasticity}/cargo-target}
 
 log() { printf '\n== %s\n' "$*" >&2; }
 
