@@ -65,14 +65,14 @@ EPOCHS = 8  # 8 paraphrases x 8 = 64 examples = 32 steps of 2 (+ 2 replay)
 class PlasticityServer:
     """`plasticity serve` (vllm serve + our plugins) as a subprocess; see tests/vllm_server.py."""
 
-    def __new__(cls, model, config):
+    def __new__(cls, model, config, extra_args: tuple[str, ...] = ()):
         from vllm_server import VLLMServer
 
         class _Srv(VLLMServer):
             def command(self):
                 return [str(ROOT / ".venv/bin/plasticity"), "serve", self.model, "--config", str(config),
                         "--dtype", self.dtype, "--gpu-memory-utilization", "0.2", "--max-model-len", "1024",
-                        "--host", "127.0.0.1", "--port", str(self.port), "--api-key", KEY]
+                        "--host", "127.0.0.1", "--port", str(self.port), "--api-key", KEY, *extra_args]
 
         return _Srv(model, dtype="float32")
 
