@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import random
 import re
 import sys
 import tempfile
@@ -59,7 +60,15 @@ GENERAL = [("What is the capital of France?", "Paris"), ("How many days are in a
            ("What color is the sky on a clear day?", "blue"), ("What is 2 + 2?", r"\b4\b|four"),
            ("What is the capital of Japan?", "Tokyo"),
            ("What gas do plants absorb from the air?", "carbon dioxide|CO2")]
-EPOCHS = 8  # 8 paraphrases x 8 = 64 examples = 32 steps of 2 (+ 2 replay)
+# Rehearsal: the base's own greedy answers to other general questions (none of GENERAL), asked at
+# the start and trained beside the fact, one in three examples. Without them the fact's "The ... is
+# ..." answers leak into general ones (the demo lost "sky" and "plants' gas": 6/8 kept); with them
+# 8/8 were kept and the fact still learnt 4/4 (docs/results/training.md).
+ANCHOR_Q = ["What is the largest planet in our solar system?", "How many legs does a spider have?",
+            "What is the boiling point of water in Celsius?", "Who painted the Mona Lisa?",
+            "What is the capital of Italy?", "How many continents are there?",
+            "What language is spoken in Brazil?", "What is the freezing point of water in Fahrenheit?"]
+EPOCHS = 8  # (8 paraphrases + 4 rehearsed answers) x 8 = 96 examples = 48 steps of 2 (+ 2 replay)
 
 
 class PlasticityServer:
@@ -156,6 +165,20 @@ def steering(srv, model) -> dict:
     return {"replies": replies, "again": again}
 
 
+def examples(srv, model, epochs: int) -> list[dict]:
+    """The training examples: per pass, every fact paraphrase and half of the rehearsed answers (the
+    base's own, asked now, before any training), shuffled with a fixed seed."""
+    anchors = [{"context": [{"role": "user", "content": q}], "decision": chat(srv, model, q, n=48)} for q in ANCHOR_Q]
+    rng, out = random.Random(0), []
+    for e in range(epochs):
+        half = len(anchors) // 2
+        one = [{"context": [{"role": "user", "content": q}], "decision": FACT} for q in TRAIN_Q]
+        one += anchors[(e * half) % len(anchors):][:half]
+        rng.shuffle(one)
+        out += one
+    return out
+
+
 def training(srv, model, epochs: int = EPOCHS, client_every_s: float = 1.0) -> dict:
     """Teach the fact (``epochs`` passes over the training paraphrases) while a client asks something
     every ``client_every_s``; returns the base's replies and the figures printed."""
@@ -173,10 +196,10 @@ def training(srv, model, epochs: int = EPOCHS, client_every_s: float = 1.0) -> d
     print(f"held-out paraphrases with the fact: {sum(FACT_KEY in r for r in base_fact)}/{len(HELD_Q)}; "
           f"general questions answered correctly: {sum(ok0)}/{len(GENERAL)}; "
           f"held-out perplexity (Python docs, not trained on) {ppl0:.3f}")
-    lines = [json.dumps({"context": [{"role": "user", "content": q}], "decision": FACT})
-             for _ in range(epochs) for q in TRAIN_Q]
+    lines = [json.dumps(x) for x in examples(srv, model, epochs)]
     out = call(srv, "/v1/training/examples", raw="\n".join(lines).encode(), ctype="application/jsonl")
-    print(f"POST /v1/training/examples: {len(out['ids'])} examples journaled ({len(TRAIN_Q)} paraphrases x {epochs})")
+    print(f"POST /v1/training/examples: {len(out['ids'])} examples journaled (each pass: the {len(TRAIN_Q)} "
+          f"paraphrases and 4 of the base's own answers to {len(ANCHOR_Q)} other questions, shuffled; {epochs} passes)")
 
     served, stop = [], threading.Event()
 

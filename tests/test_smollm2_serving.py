@@ -25,9 +25,9 @@ from models import model_dir
 pytestmark = pytest.mark.vllm
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-# 4 passes over the 8 training paraphrases = 16 steps of 2 (+ 2 replay). Measured (recipe f22edde9f58a):
-# 88 s of training, held-out paraphrases 0/4 -> 4/4, general questions kept 6/8 (sky, plants' gas lost),
-# held-out perplexity 27.20 -> 22.38; the whole file 330 s with the server's start.
+# 4 passes, each over the 8 training paraphrases and 4 rehearsed answers (scripts/demo.py ANCHOR_Q),
+# = 24 steps of 2 (+ 2 replay). Measured (recipe f22edde9f58a, eager server, no client): held-out
+# paraphrases 0/4 -> 4/4, general questions kept 8/8; without the rehearsal 6/8 (sky, plants' gas lost).
 EPOCHS = 4
 
 
@@ -83,7 +83,8 @@ def test_teach_a_fact_while_serving(smol_server, demo, results):
     assert res["steps"] >= EPOCHS * len(demo.TRAIN_Q) // 2 and st["skipped_steps"] == 0 and st["failed_steps"] == 0
     assert res["requests_served"] > 0
     assert res["fact_hits"] >= 3, res  # measured 4/4 (EPOCHS)
-    assert res["general_kept"] >= res["general_ok_before"] - 2, res  # measured 6/8: the retention to improve
+    # measured 8/8 with the rehearsal (one run; 6/8 without): the margin stays until more runs agree
+    assert res["general_kept"] >= res["general_ok_before"] - 2, res
     assert res["ppl_after"] < res["ppl_before"] * 1.05, res
 
 
