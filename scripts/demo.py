@@ -68,7 +68,7 @@ ANCHOR_Q = ["What is the largest planet in our solar system?", "How many legs do
             "What is the boiling point of water in Celsius?", "Who painted the Mona Lisa?",
             "What is the capital of Italy?", "How many continents are there?",
             "What language is spoken in Brazil?", "What is the freezing point of water in Fahrenheit?"]
-EPOCHS = 8  # (8 paraphrases + 4 rehearsed answers) x 8 = 96 examples = 48 steps of 2 (+ 2 replay)
+EPOCHS = 6  # (8 paraphrases + 4 rehearsed answers) x 6 = 72 examples = 36 steps of 2 (+ 2 replay)
 
 
 class PlasticityServer:
