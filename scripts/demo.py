@@ -74,14 +74,14 @@ EPOCHS = 6  # (8 paraphrases + 4 rehearsed answers) x 6 = 72 examples = 36 steps
 class PlasticityServer:
     """`plasticity serve` (vllm serve + our plugins) as a subprocess; see tests/vllm_server.py."""
 
-    def __new__(cls, model, config, extra_args: tuple[str, ...] = ()):
+    def __new__(cls, model, config):
         from vllm_server import VLLMServer
 
         class _Srv(VLLMServer):
             def command(self):
                 return [str(ROOT / ".venv/bin/plasticity"), "serve", self.model, "--config", str(config),
                         "--dtype", self.dtype, "--gpu-memory-utilization", "0.2", "--max-model-len", "1024",
-                        "--host", "127.0.0.1", "--port", str(self.port), "--api-key", KEY, *extra_args]
+                        "--host", "127.0.0.1", "--port", str(self.port), "--api-key", KEY]
 
         return _Srv(model, dtype="float32")
 

@@ -1,16 +1,11 @@
 """The main job on the real model, in CI: SmolLM2-135M-Instruct served by `plasticity serve` (real
 vLLM, real HTTP), driven by the very functions of scripts/demo.py, with a shorter training.
 
-One server for the whole file: steering a mood extracted on the server, teaching a fact while a
-client is answered, then snapshot, rollback to the base (bit-identical replies) and forward. The
-demo's full-length numbers are in docs/results/training.md; here the training is cut to what CI
-can afford, and the assertions are the ones that length is measured to meet (see EPOCHS).
-
-The server runs with --enforce-eager, unlike the demo: vLLM's torch.compile of SmolLM2's 30 layers
-takes ~95 s of a ~160 s start on 2 cores, and vLLM 0.32's compile cache does not load under the
-torch 2.13 override ("'function' object has no attribute 'finalize_loading'"), so every start pays
-it. Steering and training under the compiled graph are tested on qwen3-tiny
-(tests/test_steering_serving.py, tests/test_training_serving.py)."""
+One server for the whole file (SmolLM2 takes ~3 minutes to start on 2 cores): steering a mood
+extracted on the server, teaching a fact while a client is answered, then snapshot, rollback to
+the base (bit-identical replies) and forward. The demo's full-length numbers are in
+docs/results/training.md; here the training is cut to what CI can afford, and the assertions are the
+ones that length is measured to meet (see EPOCHS)."""
 
 from __future__ import annotations
 
@@ -47,7 +42,7 @@ def demo():
 def smol_server(vllm_servers, tmp_path_factory, demo):
     vllm_servers.close()  # one server at a time on 2 cores
     work = tmp_path_factory.mktemp("smollm2")
-    srv = demo.PlasticityServer(model_dir("smollm2-135m-instruct"), demo.write_config(work), ("--enforce-eager",))
+    srv = demo.PlasticityServer(model_dir("smollm2-135m-instruct"), demo.write_config(work))
     srv.log_path = work / "server.log"
     srv.start()
     print(f"\nSmolLM2 healthy after {srv.startup_seconds:.0f} s, log {srv.log_path}")
