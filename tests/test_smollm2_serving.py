@@ -21,7 +21,8 @@ pytestmark = pytest.mark.vllm
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # 4 passes, each over the 8 training paraphrases and 4 rehearsed answers (scripts/demo.py ANCHOR_Q),
-# = 24 steps of 2 (+ 2 replay). Measured (recipe f22edde9f58a, eager server, no client): held-out
+# = 24 steps of 2 (+ 2 replay). Measured twice (recipe f22edde9f58a; a server without a client, and this
+# test): held-out
 # paraphrases 0/4 -> 4/4, general questions kept 8/8; without the rehearsal 6/8 (sky, plants' gas lost).
 EPOCHS = 4
 
@@ -78,7 +79,7 @@ def test_teach_a_fact_while_serving(smol_server, demo, results):
     assert res["steps"] >= EPOCHS * len(demo.TRAIN_Q) // 2 and st["skipped_steps"] == 0 and st["failed_steps"] == 0
     assert res["requests_served"] > 0
     assert res["fact_hits"] >= 3, res  # measured 4/4 (EPOCHS)
-    # measured 8/8 with the rehearsal (one run; 6/8 without): the margin stays until more runs agree
+    # measured 8/8 with the rehearsal (two runs; 6/8 without): the margin stays until more runs agree
     assert res["general_kept"] >= res["general_ok_before"] - 2, res
     assert res["ppl_after"] < res["ppl_before"] * 1.05, res
 
