@@ -21,9 +21,8 @@ pytestmark = pytest.mark.vllm
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # 4 passes, each over the 8 training paraphrases and 4 rehearsed answers (scripts/demo.py ANCHOR_Q),
-# = 24 steps of 2 (+ 2 replay). Measured twice (recipe f22edde9f58a; a server without a client, and this
-# test): held-out
-# paraphrases 0/4 -> 4/4, general questions kept 8/8; without the rehearsal 6/8 (sky, plants' gas lost).
+# = 24 steps of 2 (+ 2 replay). Measured twice (recipe f22edde9f58a; a server without a client, and
+# this test): held-out paraphrases 0/4 -> 4/4, general questions kept 8/8; without the rehearsal 6/8.
 EPOCHS = 4
 
 
