@@ -115,7 +115,7 @@ def main() -> int:
     slot = next(r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= top)
     mods = [f"{label}={work / label}" for label in adapters]
     # one slot more than adapters: vLLM CPU gives base tokens in a mixed batch the last slot (see
-    # server/adapter_routes.py); requests here run one at a time, but keep the safe layout
+    # training/adapter_routes.py); requests here run one at a time, but keep the safe layout
     with VLLMServer(base, extra_args=("--gpu-memory-utilization", "0.2", "--enable-lora", "--max-loras",
                                       str(len(mods) + 1), "--max-lora-rank", str(slot), "--lora-modules", *mods)) as srv:
         got = {"base": replies(srv.url, srv.served_model())}

@@ -332,7 +332,7 @@ class Server:
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model, "--dtype", self.dtype,
                "--gpu-memory-utilization", "0.2", "--max-model-len", "1024", "--host", "127.0.0.1",
                "--port", str(self.port), "--api-key", self.key,
-               "--worker-extension-cls", "plasticity.vllm_plugin.extension.WorkerExtension"]
+               "--worker-extension-cls", "plasticity.vllm.extension.WorkerExtension"]
         self.log = open(self.work / f"server-{int(time.time())}.log", "wb")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=env, start_new_session=True, cwd=self.work)

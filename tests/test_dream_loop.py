@@ -67,7 +67,7 @@ def default_gen(kind: str, body: dict, n: int) -> tuple[str, str]:
 
 class FakeOpenAI:
     def __init__(self, root: Path, *, keep_ids=False, key=None, tok=None, root_path=None):
-        from plasticity.server.training_routes import TrainingRoutes
+        from plasticity.training.routes import TrainingRoutes
 
         self._tr = TrainingRoutes
         self.root = Path(root)
@@ -125,7 +125,7 @@ class FakeOpenAI:
 
     # the examples route, as training_routes does it (validation, tokenisation, fsync'd journal, 202)
     def examples(self, raw: bytes, ctype: str):
-        from plasticity.server.training_routes import ExampleError
+        from plasticity.training.routes import ExampleError
         from plasticity.training.core import Journal
 
         try:
@@ -741,7 +741,7 @@ def test_server_tokens_match_the_training_route(tmp_path):
     from transformers import AutoTokenizer
 
     from models import model_dir
-    from plasticity.server.training_routes import TrainingRoutes
+    from plasticity.training.routes import TrainingRoutes
 
     tok = AutoTokenizer.from_pretrained(model_dir("qwen3-tiny"))
     ns = types.SimpleNamespace(cfg=types.SimpleNamespace(max_decision_tokens=10**6, max_example_tokens=10**6), tok=tok)

@@ -334,7 +334,7 @@ def _prompt_text(p):
 def routes(tmp_path_factory):
     from transformers import AutoTokenizer
 
-    from plasticity.server.training_routes import TrainingRoutes
+    from plasticity.training.routes import TrainingRoutes
     from plasticity.training import config as tc
 
     r = TrainingRoutes.__new__(TrainingRoutes)

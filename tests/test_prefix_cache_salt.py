@@ -10,8 +10,8 @@ import json
 import numpy as np
 import pytest
 
-from plasticity.server.catalogue import Catalogue
-from plasticity.server.middleware import rewrite_doc
+from plasticity.steering.catalogue import Catalogue
+from plasticity.steering.middleware import rewrite_doc
 from plasticity.steering.config import SteeringConfig
 from plasticity.training.version import VersionReader, WeightsVersion, version_path
 

@@ -6,7 +6,7 @@ import types
 
 import pytest
 
-from plasticity.vllm_plugin.training import settings
+from plasticity.vllm.training import settings
 
 
 def _state(lr=1e-3):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from plasticity.vllm_plugin.extension import WorkerExtension
-from plasticity.vllm_plugin.training import LOCK, rpc
+from plasticity.vllm.extension import WorkerExtension
+from plasticity.vllm.training import LOCK, rpc
 
 QUALNAME = "worker_test_extension.WorkerExtensionForTests"
 

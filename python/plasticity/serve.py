@@ -16,7 +16,7 @@ from importlib.metadata import entry_points
 
 GENERAL = "plasticity"
 ENDPOINT = "plasticity_http"
-EXTENSION = "plasticity.vllm_plugin.extension.WorkerExtension"  # extension.QUALNAME (importing it needs vLLM)
+EXTENSION = "plasticity.vllm.extension.WorkerExtension"  # extension.QUALNAME (importing it needs vLLM)
 
 
 def plugin_env(environ: dict[str, str], config: str | None) -> dict[str, str]:
@@ -70,7 +70,7 @@ def lora_args(config: str | None, rest: list[str]) -> list[str]:
     if sc is None or sc.serve_max == 0 or any(a == "--enable-lora" or a.startswith("--enable-lora=") for a in rest):
         return []
     # one slot more than served: vLLM CPU's LoRA ops read base tokens' slot index -1 as the last slot
-    # (see server/adapter_routes.py, ``usable_slots``), so that slot must stay empty
+    # (see training/adapter_routes.py, ``usable_slots``), so that slot must stay empty
     return ["--enable-lora", "--max-loras", str(sc.serve_max + 1), "--max-lora-rank", str(sc.serve_max_rank)]
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from plasticity.serve import lora_args
-from plasticity.server.adapter_routes import usable_slots
+from plasticity.training.adapter_routes import usable_slots
 from plasticity.training.config import SnapshotsConfig, load_snapshots, snapshots_from_dict
 
 

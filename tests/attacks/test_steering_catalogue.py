@@ -14,7 +14,7 @@ import logging
 import numpy as np
 import pytest
 
-from plasticity.server.catalogue import Catalogue, directions_from_values
+from plasticity.steering.catalogue import Catalogue, directions_from_values
 from plasticity.steering.config import SteeringConfig
 from plasticity.steering.files import save_safetensors
 from plasticity.steering.spec import SteeringError, parse_xargs

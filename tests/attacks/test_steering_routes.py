@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from capture_support import asgi_post
-from plasticity.server.catalogue import Catalogue
-from plasticity.server.middleware import PlasticityMiddleware, generation_routes
+from plasticity.steering.catalogue import Catalogue
+from plasticity.steering.middleware import PlasticityMiddleware, generation_routes
 from plasticity.steering.config import SteeringConfig
 from plasticity.steering.spec import SIG_KEY, sign, verify
 
@@ -111,7 +111,7 @@ def test_validated_flag_reaches_the_engine_salted_and_signed(catalogue):
 
 
 def _worker_state():
-    from plasticity.vllm_plugin.state import SteeringState
+    from plasticity.steering.slots import SteeringState
 
     class Block(torch.nn.Module):
         def forward(self, h, r):

@@ -14,7 +14,7 @@ import pytest
 
 from models import model_dir
 
-from plasticity.server.training_routes import ExampleError, TrainingRoutes
+from plasticity.training.routes import ExampleError, TrainingRoutes
 from plasticity.training import config as tc
 
 

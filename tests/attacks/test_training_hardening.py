@@ -31,7 +31,7 @@ def client(tmp_path, monkeypatch):
     from fastapi.testclient import TestClient
     from transformers import AutoTokenizer
 
-    from plasticity.server.training_routes import TrainingRoutes
+    from plasticity.training.routes import TrainingRoutes
 
     cfg = tmp_path / "plasticity.toml"
     cfg.write_text(f'[training]\nenabled = true\njournal = "{tmp_path / "journal.jsonl"}"\n')
@@ -126,7 +126,7 @@ def _trainer(tmp_path, **cfg):
 ])
 def test_absurd_settings_are_refused_and_change_nothing(tmp_path, changes, fragment):
     from plasticity.training import snapshots
-    from plasticity.vllm_plugin import training as wt
+    from plasticity.vllm import training as wt
 
     tr, _ = _trainer(tmp_path)
     tr.guard = snapshots.Guard(None, 10, 0.05)

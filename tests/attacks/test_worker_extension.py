@@ -12,8 +12,8 @@ import types
 import pytest
 
 from plasticity.serve import EXTENSION, extension_args
-from plasticity.vllm_plugin import extension, training
-from plasticity.vllm_plugin.extension import QUALNAME, WorkerExtension
+from plasticity.vllm import extension, training
+from plasticity.vllm.extension import QUALNAME, WorkerExtension
 
 TEST_HOOKS = ("plasticity_train_selfcheck", "plasticity_train_scale_param", "plasticity_train_digest")
 

@@ -1,6 +1,6 @@
 """The dream loop inside the API-server process: ``GET /v1/dream/status`` and the background runner.
 
-Wiring (in ``plasticity/server/training_routes.py``)::
+Wiring (in ``plasticity/training/routes.py``)::
 
     # TrainingRoutes.attach(), beside snapshot_routes.attach(r, plugin):
     from plasticity.dream import server as dream_server

@@ -1,2 +1,2 @@
-"""API-server side of plasticity: the endpoint plugin (admin routes) and the
-request middleware that validates and rewrites per-request steering flags."""
+"""API-server side of plasticity: the endpoint plugin that mounts each path's routes
+(steering, training, snapshots, dream) on vLLM's app, and the capture of served requests."""

@@ -32,9 +32,9 @@ from plasticity.steering import config as steering_config
 from plasticity.steering.files import load_vector_file
 from plasticity.steering.spec import SteeringError
 
-from .catalogue import Catalogue, directions_from_values
-from .middleware import REWRITE_PATHS, PlasticityMiddleware, generation_routes
-from .training_routes import TrainingRoutes
+from plasticity.steering.catalogue import Catalogue, directions_from_values
+from plasticity.steering.middleware import REWRITE_PATHS, PlasticityMiddleware, generation_routes
+from plasticity.training.routes import TrainingRoutes
 
 log = logging.getLogger("vllm.plasticity.steering")  # under vllm.* so vLLM's handlers print it
 
@@ -188,7 +188,7 @@ class PlasticityEndpoints:
     async def init_state(self, engine_client, state, args) -> None:
         if engine_client is None:
             return
-        from plasticity.vllm_plugin import extension
+        from plasticity.vllm import extension
 
         if not extension.active(getattr(args, "worker_extension_cls", None), os.environ.get(config.ENV)):
             log.warning("plasticity: installed but off on this server (no --worker-extension-cls, no %s); "

@@ -12,17 +12,17 @@ from __future__ import annotations
 
 from . import training, worker
 
-QUALNAME = "plasticity.vllm_plugin.extension.WorkerExtension"
+QUALNAME = "plasticity.vllm.extension.WorkerExtension"
 
 
 class WorkerExtension:
-    # steering: the vector table in this worker (vllm_plugin/worker.py)
+    # steering: the vector table in this worker (vllm/worker.py)
     plasticity_info = worker.rpc(worker.info)
     plasticity_register_vector = worker.rpc(worker.register_vector)
     plasticity_delete_vector = worker.rpc(worker.delete_vector)
     plasticity_request_key = worker.rpc(worker.request_key)
 
-    # online training (vllm_plugin/training.py)
+    # online training (vllm/training.py)
     plasticity_train_start = training.rpc(training.start, start=True)
     plasticity_train_enqueue = training.rpc(training.enqueue)
     plasticity_train_status = training.rpc(training.status)

@@ -10,7 +10,7 @@
                                          (live = base + merge; with ``relative_to`` R: base + τR + merge(τi − τR))
 - ``POST /v1/rollback``                  ``{"to": "base" | name}`` (bit-identical)
 - ``POST|DELETE /v1/snapshots/{name}/serve``  a snapshot served per request as a LoRA adapter
-                                         (``server/adapter_routes.py``)
+                                         (``training/adapter_routes.py``)
 
 Each operation runs in the worker on the training thread between two steps (serving
 continues); the route polls the job and answers with its result or a 4xx naming the problem.

@@ -165,7 +165,7 @@ class _State:
 
     def serve_lora(self, args):
         """Build the adapter that serves snapshot ``args["name"]`` beside the live weights (see
-        server/snapshot_routes.py); returns its folder, report and the weights version it is for."""
+        training/snapshot_routes.py); returns its folder, report and the weights version it is for."""
         from plasticity.taskvec.lora import DEFAULT_MAX_LEFT_OUT, LoraExportError, RankChoice
         from plasticity.taskvec.snapshot_folder import NAME_RULE, is_snapshot_name
         from plasticity.training.config import load_snapshots

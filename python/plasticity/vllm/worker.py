@@ -11,7 +11,7 @@ from plasticity.steering import config as steering_config
 from plasticity.steering.spec import SteeringError
 
 from . import runner_v1, runner_v2
-from .state import SteeringState
+from plasticity.steering.slots import SteeringState
 
 log = logging.getLogger("vllm.plasticity.steering")  # under vllm.* so vLLM's handlers print it
 
