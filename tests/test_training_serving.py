@@ -66,6 +66,32 @@ def test_training_routes_need_key(train_server):
     assert code == 401
 
 
+def _worker_main_thread_cpu_s(srv) -> float:
+    """CPU seconds of the model worker's main thread (the one that answers vLLM's RPCs)."""
+    import psutil
+
+    procs = psutil.Process(srv.proc.pid).children(recursive=True)
+    worker = max(procs, key=lambda p: p.memory_info().rss)  # the process that holds the model
+    main = next(t for t in worker.threads() if t.id == worker.pid)
+    return main.user_time + main.system_time
+
+
+def test_an_idle_worker_sleeps_while_the_status_is_polled(train_server):
+    """``rpc_spin_ms`` = 0 (the default): between RPCs vLLM's worker sleeps. With vLLM's own
+    1 s spin after every RPC, anything polling the status more than once a second kept the
+    worker's main thread busy-waiting on a core that training needs (scripts/bench_training.py:
+    the same steps 25-30% slower in an idle server than offline)."""
+    ts.status(train_server)  # the training state exists, so the spin is already set
+    seconds = 8.0
+    cpu0 = _worker_main_thread_cpu_s(train_server)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        ts.status(train_server)
+        time.sleep(0.25)
+    busy = (_worker_main_thread_cpu_s(train_server) - cpu0) / (time.monotonic() - t0)
+    assert busy < 0.25, f"the worker's RPC thread was busy {busy:.0%} of the time while idle"
+
+
 def test_views_zero_copy_and_in_place_visible_to_vllm(train_server):
     srv = train_server
     ids = [int(x) for x in (3, 77, 204, 19, 88, 460, 12)]

@@ -228,3 +228,11 @@ def test_bad_training_autocast_is_refused_in_the_config(value):
     with pytest.raises(ValueError, match="autocast") as e:
         tc.from_dict({"enabled": True, "autocast": value})
     assert len(str(e.value)) < 300  # a huge value is not echoed back whole
+
+
+@pytest.mark.parametrize("value", [-1, 10_001, float("nan"), float("inf"), "0", True, None, [0]])
+def test_bad_training_rpc_spin_ms_is_refused_in_the_config(value):
+    from plasticity.training import config as tc
+
+    with pytest.raises(ValueError, match="rpc_spin_ms"):
+        tc.from_dict({"enabled": True, "rpc_spin_ms": value})

@@ -39,6 +39,8 @@ yield_ms = 0.0             # sleep after each step (leaves CPU to serving)
 serving_duty = 0.25        # while requests are being served, training takes at most this
                            # fraction of wall time (sleeps dt·(1-d)/d after a step of dt); 1 = off
 serving_idle_ms = 500      # "being served" = a model forward ran within this window
+rpc_spin_ms = 0            # how long vLLM's worker spins for the next RPC after one (vLLM's own: 1000);
+                           # its spinning takes a core from training whenever anything polls the status
 queue_capacity = 10000
 snapshot_dir = ""          # task-vector snapshots; "" = "snapshots" beside the journal
 guard_every = 0            # forgetting guard: held-out perplexity every N steps (0 = off; needs heldout)
@@ -66,7 +68,7 @@ _DEFAULTS = dict(
     modules=("all-linear",),
     replay_ratio=0.25, replay_source=None, batch_size=4, max_steps=0, max_example_tokens=2048,
     max_decision_tokens=512, journal=None, checkpoint_dir=None, checkpoint_every=0, heldout=None, heldout_tokens=8192,
-    eval_every=0, threads=1, cpus="auto", idle_cpus="all", autocast="off", yield_ms=0.0, serving_duty=0.25, serving_idle_ms=500.0, queue_capacity=10000, seed=0,
+    eval_every=0, threads=1, cpus="auto", idle_cpus="all", autocast="off", yield_ms=0.0, serving_duty=0.25, serving_idle_ms=500.0, rpc_spin_ms=0.0, queue_capacity=10000, seed=0,
     snapshot_dir=None, guard_every=0, guard_threshold=0.05, max_edit_norm_growth=2.0,
 )
 AUTOCAST = ("off", "bf16")
@@ -108,6 +110,7 @@ class TrainingConfig:
     yield_ms: float = 0.0
     serving_duty: float = 0.25
     serving_idle_ms: float = 500.0
+    rpc_spin_ms: float = 0.0
     queue_capacity: int = 10000
     seed: int = 0
     snapshot_dir: Path | None = None
@@ -124,7 +127,7 @@ class TrainingConfig:
 _BOOLS = ("enabled", "stochastic_rounding", "atomic_steps")
 _INTS = ("rank", "update_proj_gap", "batch_size", "max_steps", "max_example_tokens", "max_decision_tokens",
          "checkpoint_every", "heldout_tokens", "eval_every", "threads", "queue_capacity", "seed", "guard_every")
-_NUMBERS = ("lr", "weight_decay", "replay_ratio", "yield_ms", "serving_duty", "serving_idle_ms", "guard_threshold",
+_NUMBERS = ("lr", "weight_decay", "replay_ratio", "yield_ms", "serving_duty", "serving_idle_ms", "rpc_spin_ms", "guard_threshold",
             "max_edit_norm_growth")
 _OPTIONAL_NUMBERS = ("alpha", "norm_growth_limit")  # None only from code: TOML has no null
 _TEXTS = ("scale_type", "autocast")
@@ -206,6 +209,8 @@ def _check(c: TrainingConfig, where) -> None:
         bad("guard_every needs a heldout file")
     if not (0 < c.serving_duty <= 1) or not (c.serving_idle_ms >= 0):
         bad("serving_duty must be in (0, 1] and serving_idle_ms ≥ 0")
+    if not 0 <= c.rpc_spin_ms <= 10_000:
+        bad("rpc_spin_ms must be in [0, 10000]")
 
 
 _read = config.read

@@ -117,6 +117,9 @@ class _State:
                 # the live weights are a restored checkpoint, not the base: make them the reference
                 self.trainer.submit(lambda: self.save_snapshot(
                     f"auto-step-{self.trainer.stats['step']}-{int(time.time())}", {"auto": "guard reference"}), changes_weights=False)
+        from .rpc_spin import set_rpc_spin
+
+        self.rpc_spin_readers = set_rpc_spin(cfg.rpc_spin_ms / 1000)
         self.trainer.start()
         log.info("plasticity: online training started: %d trainable tensors (%d params), %d examples recovered",
                  len(trainable), sum(p.numel() for p in self.trainer.params), self.recovered)
