@@ -272,6 +272,7 @@ def _top_up(srv, target: int) -> dict:
         store.close()
 
 
+@pytest.mark.slow
 def test_trained_dreams_move_the_behaviour_within_the_guard(dream_server):
     if "before" not in REPORT or "kill_restart" not in REPORT:
         pytest.skip("needs the two tests above in the same session")
@@ -351,6 +352,7 @@ def _kill_config(root, max_cycles: int):
     return cfg
 
 
+@pytest.mark.slow
 def test_kill_the_server_mid_cycle_and_restart(vllm_servers, tmp_path):
     """The loop running inside the server ([dream] enabled), the whole server SIGKILLed while a cycle
     runs, then restarted: every accepted scenario is journaled exactly once, and its training is in

@@ -15,6 +15,7 @@ pytestmark = pytest.mark.vllm
 PROBE = Path(__file__).resolve().parents[1] / "scripts" / "probe.py"
 
 
+@pytest.mark.slow
 def test_probe_quick_finds_no_misbehaviour(vllm_servers, tmp_path):
     vllm_servers.close()  # one server at a time on this machine: the probe starts its own
     r = subprocess.run([sys.executable, str(PROBE), "--serve", str(model_dir("qwen3-tiny")), "--quick",

@@ -69,6 +69,7 @@ def test_mood_steering_both_ways_and_nothing_leaks(smol_server, demo):
     assert out["again"] == first_off  # the unsteered reply after steered requests: bit-identical
 
 
+@pytest.mark.slow
 def test_teach_a_fact_while_serving(smol_server, demo, results):
     res = demo.training(smol_server, smol_server.served, epochs=EPOCHS, client_every_s=2.0)
     results["training"] = res

@@ -65,6 +65,7 @@ def _pass_rate(srv, behaviour):
     return run_tests(gen, tests)["pass_rate"]
 
 
+@pytest.mark.slow
 def test_snapshots_rollback_negate_and_merge(tv_server, trained_snapshots):
     srv = tv_server
     base_sha = _sha(srv)

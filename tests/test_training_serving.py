@@ -121,6 +121,7 @@ def ts_token_id(srv, tok_text):
     return tok.convert_tokens_to_ids(tok.tokenize(tok_text))[0] if tok_text else None
 
 
+@pytest.mark.slow
 def test_teach_behaviour_while_serving(train_server):
     srv = train_server
     before = {p: ts.chat(srv, p)[0] for p in ts.HELD}
