@@ -147,6 +147,33 @@ def test_rollback_drops_kv_cached_under_the_old_weights(tv_server):
     _ok(*ts.request(srv, "POST", "/v1/rollback", {"to": "base"}))
 
 
+def test_extraction_on_a_training_server_reads_the_live_weights(tv_server, hf_ref):
+    """With training on, POST /v1/steering/vectors {"extract"} runs in the worker on the weights
+    being served: at the base it equals the offline extraction from the model's files, and after a
+    change of the live weights it follows them (a copy loaded from the files would not)."""
+    import numpy as np
+
+    from plasticity.steering import extract as ex
+
+    srv = tv_server
+    pairs = [{"positive": f"I love {w}. It is wonderful", "negative": f"I hate {w}. It is awful"}
+             for w in ("cats", "rain", "music", "tea", "books", "trains")]
+    body = {"extract": {"pairs": pairs, "method": "mean_diff", "layers": "1,2"}}
+    _ok(*ts.request(srv, "POST", "/v1/rollback", {"to": "base"}))
+    try:
+        at_base = _ok(*ts.request(srv, "POST", "/v1/steering/vectors", {"name": "live_base", **body}))
+        want = ex.extract(hf_ref.model, hf_ref.tok, pairs, method="mean_diff", layers=[1, 2])
+        for layer in (1, 2):
+            assert abs(at_base["norm"][str(layer)] - float(np.linalg.norm(want[layer]))) < 1e-3, at_base
+        _rpc(srv, "plasticity_train_scale_param", "model.layers.0.mlp.down_proj.weight", 3.0)
+        changed = _ok(*ts.request(srv, "POST", "/v1/steering/vectors", {"name": "live_changed", **body}))
+        assert all(abs(changed["norm"][k] - at_base["norm"][k]) > 1e-3 for k in ("1", "2")), (at_base, changed)
+    finally:
+        _ok(*ts.request(srv, "POST", "/v1/rollback", {"to": "base"}))
+        for name in ("live_base", "live_changed"):
+            ts.request(srv, "DELETE", f"/v1/steering/vectors/{name}")
+
+
 def test_eval_snapshot_on_the_server(tv_server, tmp_path):
     """`plasticity eval --server --snapshot A`: the server is rolled back to A, the tests run, and the
     pass rates land in A's metadata; a second run without --tests reruns the attached tests."""

@@ -53,7 +53,7 @@ class PlasticityEndpoints:
         self.cfg = steering_config.load()
         self.tokens: list[bytes] = []
         self.model_path: str | None = None
-        self._hf = None  # transformers copy for on-the-spot extraction, loaded on first use
+        self._hf = None  # transformers copy for extraction when training is off, loaded on first use
         self.request_key: bytes | None = None  # signs validated steering flags for the worker
         self.training = TrainingRoutes()  # /v1/training/* (off unless [training] enabled)
         private_dir(self.cfg.vectors_dir)
@@ -175,15 +175,34 @@ class PlasticityEndpoints:
         layers = ex.parse_layers(None if layers is None else str(layers).strip("[] ").replace(" ", ""),
                                  self.catalogue.num_layers)
 
+        if self.training.engine is not None:
+            return await self._extract_live(pairs, method, layers)
+
         def run():
-            # Same weights as the served model, loaded by transformers in this
-            # process (the engine's tensors are not reachable from here).
+            # Without online training the worker keeps vLLM's repacked weights, which
+            # transformers cannot run: read the served model's files in this process.
             if self._hf is None:
                 self._hf = ex.load_model(self.model_path)
             model, tok = self._hf
             return ex.extract(model, tok, pairs, method=method, layers=layers)
 
         return await asyncio.to_thread(run)
+
+    async def _extract_live(self, pairs, method, layers) -> dict:
+        """With online training on, the worker extracts on its live weights (the model as served
+        now, trained or rolled back), on its training thread between two steps: no second copy
+        of the model in this process, and no vector of weights that are no longer served."""
+        import json
+
+        import numpy as np
+
+        from plasticity.training.snapshot_routes import run_job
+
+        result, error = await run_job(self.training, "extract", {"pairs": [list(p) for p in pairs],
+                                                                 "method": method, "layers": layers})
+        if error is not None:
+            raise SteeringError(f"extraction in the worker failed: {json.loads(error.body)['error']['message']}")
+        return {int(k): np.asarray(v, dtype=np.float32) for k, v in result["directions"].items()}
 
     async def init_state(self, engine_client, state, args) -> None:
         if engine_client is None:

@@ -94,6 +94,7 @@ class _State:
             tok = AutoTokenizer.from_pretrained(mc.tokenizer)
         except Exception:  # noqa: BLE001
             tok = None
+        self.tok = tok
         self.queue = ExampleQueue(cfg.queue_capacity)
         self.trainer = core.Trainer(self.model, trainable, cfg, self.queue, LOCK, tokenizer=tok,
                                     last_serve=lambda: _LAST_FORWARD[0])
@@ -150,6 +151,17 @@ class _State:
             self.trainer.guard.set_reference(None if name in (None, "base") else name, ppl)
             res["heldout_ppl"] = ppl
         return res
+
+    def extract_steering(self, args):
+        """A steering vector from contrastive pairs, read from the live weights (what is served
+        now, after training), with the same code as ``plasticity steer extract``."""
+        from plasticity.steering import extract as ex
+
+        if self.tok is None:
+            raise RuntimeError("the worker has no tokenizer for the served model")
+        dirs = ex.extract(self.model, self.tok, [tuple(p) for p in args["pairs"]], method=args["method"],
+                          layers=[int(x) for x in args["layers"]])
+        return {"directions": {int(k): [float(x) for x in v] for k, v in dirs.items()}}
 
     def apply(self, spec):
         from plasticity.training.snapshots import SnapshotError
@@ -321,6 +333,7 @@ def tv_submit(st, op, args=None):
         "apply": lambda: st.apply(args),
         "annotate": lambda: st.snaps.add_eval(args.get("name"), args.get("eval")),
         "lora": lambda: st.serve_lora(args),
+        "extract": lambda: st.extract_steering(args),
     }
     if op not in fns:
         raise ValueError(f"unknown snapshot operation {op!r}")
