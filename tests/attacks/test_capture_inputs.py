@@ -4,7 +4,6 @@ written to the memory store."""
 
 from __future__ import annotations
 
-import json
 
 import pytest
 

@@ -7,7 +7,6 @@ import json
 
 import pytest
 
-from plasticity.dream.client import ServerClient
 from plasticity.dream.judge import EndpointJudge, Item
 from plasticity.dream import config as dc
 from plasticity.memory import MemoryStore, sample_graph_path

@@ -1,7 +1,6 @@
 """Admin routes are off unless the config enables them, and need the API key
 when one is set: checked on the plugin's own FastAPI routes (no engine needed)."""
 
-import argparse
 
 from fastapi import FastAPI
 from fastapi.testclient import TestClient

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-import re
 
 import torch
 
