@@ -23,6 +23,7 @@ import json
 import pathlib
 import random
 import re
+import signal
 import sys
 import tempfile
 import threading
@@ -287,6 +288,9 @@ def main() -> int:
     cfg = write_config(work)
     # relative paths in the config (journal, snapshots, vectors) are relative to its folder
     print(f"== plasticity serve {d.name} --config {cfg}")
+    # SIGTERM (timeout, systemd, kill) ends Python without running `with` exits, and the server
+    # has its own session: it outlived a demo stopped that way. Exit through them instead.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     t = time.time()
     with PlasticityServer(d, cfg) as srv:
         print(f"healthy after {srv.startup_seconds:.0f} s at {srv.url}")

@@ -92,6 +92,17 @@ class VLLMServer:
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         deadline = t0 + self.startup_timeout
+        try:
+            self._wait_healthy(deadline)
+        except BaseException:
+            # Ctrl-C or a SIGTERM turned into SystemExit while it starts: the server has its own
+            # session, so nothing else would stop it (one outlived a demo here, holding 3.5 GB)
+            self.stop()
+            raise
+        self.startup_seconds = time.time() - t0
+        return self
+
+    def _wait_healthy(self, deadline: float) -> None:
         while True:
             if self.proc.poll() is not None:
                 raise VLLMServerError(
@@ -109,8 +120,6 @@ class VLLMServer:
                     f"vLLM not healthy after {self.startup_timeout:.0f} s "
                     f"(log {self.log_path}):\n{self.log_tail()}")
             time.sleep(1.0)
-        self.startup_seconds = time.time() - t0
-        return self
 
     def stop(self, timeout: float = 30.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
