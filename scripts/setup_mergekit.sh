@@ -14,21 +14,10 @@
 # are declared but never imported by mergekit 0.1.5, so they are left out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-UV=(python3 -m uv)
+source scripts/side_venv.sh
 
-MAIN=.venv/bin/python
-[ -x "$MAIN" ] || { echo "error: $MAIN missing; run scripts/setup.sh first" >&2; exit 1; }
-M=.cache/venv-mergekit
-# same interpreter as .venv: torch's compiled extensions are shared with it
-[ -x "$M/bin/python" ] || "${UV[@]}" venv -q --python "$MAIN" "$M"
-MAIN_SP=$("$MAIN" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-M_SP=$("$M/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-echo "$(cd "$MAIN_SP" && pwd -P)" > "$M_SP/_plasticity_main_venv.pth"
-MERGEKIT_DEPS="mergekit==0.1.5 peft==0.21.2 accelerate==1.15.0 immutables==0.21"
-STAMP=$M/.plasticity-deps
-if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$MERGEKIT_DEPS" ]; then
-  "${UV[@]}" pip install -q -p "$M/bin/python" --no-deps $MERGEKIT_DEPS
-  "$M/bin/python" -c 'import mergekit.merge_methods, mergekit.merge, mergekit.config' >/dev/null 2>&1 \
-    || { echo "error: mergekit in $M does not import" >&2; exit 1; }
-  echo "$MERGEKIT_DEPS" > "$STAMP"
+side_venv .cache/venv-mergekit "mergekit==0.1.5 peft==0.21.2 accelerate==1.15.0 immutables==0.21"
+if [ "$SIDE_VENV_INSTALLED" = 1 ]; then
+  .cache/venv-mergekit/bin/python -c 'import mergekit.merge_methods, mergekit.merge, mergekit.config' >/dev/null 2>&1 \
+    || { rm -f .cache/venv-mergekit/.plasticity-deps; echo "error: mergekit in .cache/venv-mergekit does not import" >&2; exit 1; }
 fi

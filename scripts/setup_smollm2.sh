@@ -8,7 +8,6 @@
 # sys.path for torch / transformers / numpy / safetensors, as the mergekit and repeng venvs do.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-UV=(python3 -m uv)
 
 MAIN=.venv/bin/python
 [ -x "$MAIN" ] || { echo "error: $MAIN missing; run scripts/setup.sh first" >&2; exit 1; }
@@ -17,15 +16,6 @@ if [ -f "$DIR/manifest.json" ]; then
   echo "[build_smollm2] up to date ($DIR)" >&2
   exit 0
 fi
-V=.cache/venv-convert
-[ -x "$V/bin/python" ] || "${UV[@]}" venv -q --seed --python "$MAIN" "$V"
-MAIN_SP=$("$MAIN" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-V_SP=$("$V/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-echo "$(cd "$MAIN_SP" && pwd -P)" > "$V_SP/_plasticity_main_venv.pth"
-CONVERT_DEPS="gguf==0.17.1 accelerate==1.15.0"
-STAMP=$V/.plasticity-deps
-if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$CONVERT_DEPS" ]; then
-  "${UV[@]}" pip install -q -p "$V/bin/python" --no-deps $CONVERT_DEPS
-  echo "$CONVERT_DEPS" > "$STAMP"
-fi
-"$V/bin/python" scripts/build_smollm2.py
+source scripts/side_venv.sh
+side_venv .cache/venv-convert "gguf==0.17.1 accelerate==1.15.0" --seed
+.cache/venv-convert/bin/python scripts/build_smollm2.py

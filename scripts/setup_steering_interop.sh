@@ -20,17 +20,5 @@ V=.cache/venv-gguf
 [ -x "$V/bin/python" ] || "${UV[@]}" venv -q "$V"
 "${UV[@]}" pip install -q -p "$V/bin/python" "gguf==0.17.1" "numpy<3"
 
-MAIN=.venv/bin/python
-[ -x "$MAIN" ] || { echo "error: $MAIN missing; run scripts/setup.sh first" >&2; exit 1; }
-R=.cache/venv-repeng
-# same interpreter as .venv: torch's compiled extensions are shared with it
-[ -x "$R/bin/python" ] || "${UV[@]}" venv -q --python "$MAIN" "$R"
-MAIN_SP=$("$MAIN" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-R_SP=$("$R/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-echo "$(cd "$MAIN_SP" && pwd -P)" > "$R_SP/_plasticity_main_venv.pth"
-REPENG_DEPS="repeng==0.4.0 scikit-learn==1.7.2 scipy==1.16.3 joblib==1.5.2 threadpoolctl==3.6.0 gguf==0.17.1"
-STAMP=$R/.plasticity-deps
-if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$REPENG_DEPS" ]; then
-  "${UV[@]}" pip install -q -p "$R/bin/python" --no-deps $REPENG_DEPS
-  echo "$REPENG_DEPS" > "$STAMP"
-fi
+source scripts/side_venv.sh
+side_venv .cache/venv-repeng "repeng==0.4.0 scikit-learn==1.7.2 scipy==1.16.3 joblib==1.5.2 threadpoolctl==3.6.0 gguf==0.17.1"
