@@ -4,6 +4,10 @@ use plasticity_core::apollo::{
     apollo_step, ApolloConfig, Geometry, MatrixState, ScaleType, Workspace,
 };
 
+// The step's own f32 projection GEMM, so the two timings compare like for like.
+#[path = "../src/apollo/projection_gemm.rs"]
+mod projection_gemm;
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let bf16 = args.get(4).map_or(false, |s| s == "bf16");
@@ -46,58 +50,7 @@ fn main() {
             .unwrap();
             let step = t.elapsed();
             let t = std::time::Instant::now();
-            let par = if threads > 1 {
-                gemm::Parallelism::Rayon(threads)
-            } else {
-                gemm::Parallelism::None
-            };
-            unsafe {
-                if m >= n {
-                    gemm::gemm(
-                        m,
-                        r,
-                        n,
-                        rr.as_mut_ptr(),
-                        1,
-                        r as isize,
-                        false,
-                        g.as_ptr(),
-                        1,
-                        n as isize,
-                        p.as_ptr(),
-                        n as isize,
-                        1,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        par,
-                    );
-                } else {
-                    gemm::gemm(
-                        r,
-                        n,
-                        m,
-                        rr.as_mut_ptr(),
-                        1,
-                        n as isize,
-                        false,
-                        p.as_ptr(),
-                        1,
-                        m as isize,
-                        g.as_ptr(),
-                        1,
-                        n as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        par,
-                    );
-                }
-            }
+            projection_gemm::project_f32(m >= n, m, n, r, &g, &p, &mut rr, threads);
             let gm = t.elapsed();
             println!(
                 "{m}x{n} r{r} t{threads}: step {:.2} ms, gemm {:.2} ms",

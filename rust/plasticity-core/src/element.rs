@@ -52,59 +52,61 @@ impl Element for f32 {
     }
 }
 
-impl Element for bf16 {
-    const DTYPE: DType = DType::BF16;
-    #[inline(always)]
-    fn to_f32(self) -> f32 {
-        self.to_f32()
-    }
-    #[inline(always)]
-    fn from_f32(x: f32) -> Self {
-        bf16::from_f32(x)
-    }
-    #[inline(always)]
-    fn from_f32_stochastic(x: f32, random: u32) -> Self {
-        // bf16 is the top half of an f32: add 16 random bits below the cut and
-        // truncate. NaN/Inf pass through unchanged.
-        if !x.is_finite() {
-            return bf16::from_f32(x);
+/// `Element` for a 16-bit `half` type: nearest rounding is the type's own
+/// `from_f32`, stochastic rounding the given function.
+macro_rules! impl_half_element {
+    ($t:ident, $dtype:expr, $stochastic:ident) => {
+        impl Element for $t {
+            const DTYPE: DType = $dtype;
+            #[inline(always)]
+            fn to_f32(self) -> f32 {
+                self.to_f32()
+            }
+            #[inline(always)]
+            fn from_f32(x: f32) -> Self {
+                $t::from_f32(x)
+            }
+            #[inline(always)]
+            fn from_f32_stochastic(x: f32, random: u32) -> Self {
+                $stochastic(x, random)
+            }
         }
-        let b = x.to_bits().wrapping_add(random >> 16);
-        bf16::from_bits((b >> 16) as u16)
+    };
+}
+impl_half_element!(bf16, DType::BF16, bf16_stochastic);
+impl_half_element!(f16, DType::F16, f16_stochastic);
+
+#[inline(always)]
+fn bf16_stochastic(x: f32, random: u32) -> bf16 {
+    // bf16 is the top half of an f32: add 16 random bits below the cut and
+    // truncate. NaN/Inf pass through unchanged.
+    if !x.is_finite() {
+        return bf16::from_f32(x);
     }
+    let b = x.to_bits().wrapping_add(random >> 16);
+    bf16::from_bits((b >> 16) as u16)
 }
 
-impl Element for f16 {
-    const DTYPE: DType = DType::F16;
-    #[inline(always)]
-    fn to_f32(self) -> f32 {
-        self.to_f32()
+#[inline(always)]
+fn f16_stochastic(x: f32, random: u32) -> f16 {
+    // Pick the lower or upper f16 neighbour with probability proportional
+    // to proximity.
+    let lo = f16::from_f32(x);
+    let lof = lo.to_f32();
+    if lof == x || !x.is_finite() {
+        return lo;
     }
-    #[inline(always)]
-    fn from_f32(x: f32) -> Self {
-        f16::from_f32(x)
-    }
-    #[inline(always)]
-    fn from_f32_stochastic(x: f32, random: u32) -> Self {
-        // Pick the lower or upper f16 neighbour with probability proportional
-        // to proximity.
-        let lo = f16::from_f32(x);
-        let lof = lo.to_f32();
-        if lof == x || !x.is_finite() {
-            return lo;
-        }
-        let (down, up) = if lof < x {
-            (lo, next_toward(lo, f32::INFINITY))
-        } else {
-            (next_toward(lo, f32::NEG_INFINITY), lo)
-        };
-        let (d, u) = (down.to_f32(), up.to_f32());
-        let p_up = (x - d) / (u - d);
-        if ((random >> 8) as f32) * (1.0 / 16_777_216.0) < p_up {
-            up
-        } else {
-            down
-        }
+    let (down, up) = if lof < x {
+        (lo, next_toward(lo, f32::INFINITY))
+    } else {
+        (next_toward(lo, f32::NEG_INFINITY), lo)
+    };
+    let (d, u) = (down.to_f32(), up.to_f32());
+    let p_up = (x - d) / (u - d);
+    if ((random >> 8) as f32) * (1.0 / 16_777_216.0) < p_up {
+        up
+    } else {
+        down
     }
 }
 

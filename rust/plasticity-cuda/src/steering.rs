@@ -17,67 +17,43 @@ const BLOCK: u32 = 256;
 /// The kernel is grid-stride, so capping the grid only bounds launch size.
 const MAX_BLOCKS: u64 = 1 << 16;
 
-/// `residual[t*hidden + i] += table[slot[t]*hidden + i]` in f32, on `gpu`'s stream.
-pub fn steering_add_f32(
-    gpu: &Gpu,
-    residual: &mut CudaSlice<f32>,
-    table: &CudaSlice<f32>,
-    slot: &CudaSlice<i32>,
-    num_tokens: usize,
-    hidden: usize,
-) -> Result<(), CudaError> {
-    launch(
-        gpu,
-        "steering_add_f32",
-        residual,
-        table,
-        slot,
-        num_tokens,
-        hidden,
-    )
+/// Defines one public per-dtype wrapper around [`launch`]; the wrappers differ
+/// only in element type and kernel entry point.
+macro_rules! steering_add_fn {
+    ($(#[$doc:meta])* $name:ident, $elem:ty) => {
+        $(#[$doc])*
+        pub fn $name(
+            gpu: &Gpu,
+            residual: &mut CudaSlice<$elem>,
+            table: &CudaSlice<$elem>,
+            slot: &CudaSlice<i32>,
+            num_tokens: usize,
+            hidden: usize,
+        ) -> Result<(), CudaError> {
+            launch(gpu, stringify!($name), residual, table, slot, num_tokens, hidden)
+        }
+    };
 }
 
-/// bf16 version. Buffers hold raw bf16 bit patterns (`half::bf16::to_bits`);
-/// the sum is formed in f32 and rounded to nearest-even once.
-pub fn steering_add_bf16(
-    gpu: &Gpu,
-    residual: &mut CudaSlice<u16>,
-    table: &CudaSlice<u16>,
-    slot: &CudaSlice<i32>,
-    num_tokens: usize,
-    hidden: usize,
-) -> Result<(), CudaError> {
-    launch(
-        gpu,
-        "steering_add_bf16",
-        residual,
-        table,
-        slot,
-        num_tokens,
-        hidden,
-    )
-}
+steering_add_fn!(
+    /// `residual[t*hidden + i] += table[slot[t]*hidden + i]` in f32, on `gpu`'s stream.
+    steering_add_f32,
+    f32
+);
 
-/// f16 (IEEE half) version. Buffers hold raw f16 bit patterns
-/// (`half::f16::to_bits`); the sum is formed in f32 and rounded once.
-pub fn steering_add_f16(
-    gpu: &Gpu,
-    residual: &mut CudaSlice<u16>,
-    table: &CudaSlice<u16>,
-    slot: &CudaSlice<i32>,
-    num_tokens: usize,
-    hidden: usize,
-) -> Result<(), CudaError> {
-    launch(
-        gpu,
-        "steering_add_f16",
-        residual,
-        table,
-        slot,
-        num_tokens,
-        hidden,
-    )
-}
+steering_add_fn!(
+    /// bf16 version. Buffers hold raw bf16 bit patterns (`half::bf16::to_bits`);
+    /// the sum is formed in f32 and rounded to nearest-even once.
+    steering_add_bf16,
+    u16
+);
+
+steering_add_fn!(
+    /// f16 (IEEE half) version. Buffers hold raw f16 bit patterns
+    /// (`half::f16::to_bits`); the sum is formed in f32 and rounded once.
+    steering_add_f16,
+    u16
+);
 
 fn invalid(msg: String) -> CudaError {
     CudaError::InvalidArgument(msg)

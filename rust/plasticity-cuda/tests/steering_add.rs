@@ -5,7 +5,7 @@ mod common;
 use half::{bf16, f16};
 use plasticity_cuda::{
     available, driver_present, nvrtc_present, steering_add_bf16, steering_add_f16,
-    steering_add_f32, CudaError, Gpu,
+    steering_add_f32, CudaError, CudaSlice, Gpu,
 };
 
 /// Deterministic pseudo-random floats in [-1, 1) (no rand dependency).
@@ -91,31 +91,54 @@ fn steering_add_16bit_matches_cpu() {
     let (res, table, slot) = case(n, h, k);
     let d_slot = s.clone_htod(&slot).unwrap();
 
-    let to_bf = |v: &[f32]| {
-        v.iter()
-            .map(|&x| bf16::from_f32(x).to_bits())
-            .collect::<Vec<u16>>()
-    };
-    let (r, t) = (to_bf(&res), to_bf(&table));
-    let mut d_res = s.clone_htod(&r).unwrap();
-    steering_add_bf16(&gpu, &mut d_res, &s.clone_htod(&t).unwrap(), &d_slot, n, h).unwrap();
-    let want = cpu_ref(&r, &t, &slot, h, |a, b| {
-        bf16::from_f32(bf16::from_bits(a).to_f32() + bf16::from_bits(b).to_f32()).to_bits()
-    });
-    assert!(s.clone_dtoh(&d_res).unwrap() == want, "bf16 mismatch");
+    let formats = [
+        Format16 {
+            name: "bf16",
+            kernel: steering_add_bf16,
+            encode: |x| bf16::from_f32(x).to_bits(),
+            decode: |b| bf16::from_bits(b).to_f32(),
+        },
+        Format16 {
+            name: "f16",
+            kernel: steering_add_f16,
+            encode: |x| f16::from_f32(x).to_bits(),
+            decode: |b| f16::from_bits(b).to_f32(),
+        },
+    ];
+    for format in formats {
+        let Format16 {
+            name,
+            kernel,
+            encode,
+            decode,
+        } = format;
+        // Inputs rounded to the format; the CPU sum is formed in f32 and rounded once.
+        let to_bits = |v: &[f32]| v.iter().map(|&x| encode(x)).collect::<Vec<u16>>();
+        let (r, t) = (to_bits(&res), to_bits(&table));
+        let mut d_res = s.clone_htod(&r).unwrap();
+        kernel(&gpu, &mut d_res, &s.clone_htod(&t).unwrap(), &d_slot, n, h).unwrap();
+        let want = cpu_ref(&r, &t, &slot, h, |a, b| encode(decode(a) + decode(b)));
+        assert!(s.clone_dtoh(&d_res).unwrap() == want, "{name} mismatch");
+    }
+}
 
-    let to_h = |v: &[f32]| {
-        v.iter()
-            .map(|&x| f16::from_f32(x).to_bits())
-            .collect::<Vec<u16>>()
-    };
-    let (r, t) = (to_h(&res), to_h(&table));
-    let mut d_res = s.clone_htod(&r).unwrap();
-    steering_add_f16(&gpu, &mut d_res, &s.clone_htod(&t).unwrap(), &d_slot, n, h).unwrap();
-    let want = cpu_ref(&r, &t, &slot, h, |a, b| {
-        f16::from_f32(f16::from_bits(a).to_f32() + f16::from_bits(b).to_f32()).to_bits()
-    });
-    assert!(s.clone_dtoh(&d_res).unwrap() == want, "f16 mismatch");
+/// The signature the 16-bit kernels share (buffers hold raw bit patterns).
+type Kernel16 = fn(
+    &Gpu,
+    &mut CudaSlice<u16>,
+    &CudaSlice<u16>,
+    &CudaSlice<i32>,
+    usize,
+    usize,
+) -> Result<(), CudaError>;
+
+/// A 16-bit float format: its kernel, which takes raw bit patterns, and the
+/// conversions of one value to and from those bits.
+struct Format16 {
+    name: &'static str,
+    kernel: Kernel16,
+    encode: fn(f32) -> u16,
+    decode: fn(u16) -> f32,
 }
 
 #[test]

@@ -18,6 +18,7 @@
 
 pub mod bf16_gemm;
 mod passes;
+mod projection_gemm;
 pub mod sharded;
 
 use crate::element::Element;
@@ -601,5 +602,7 @@ pub fn adamw_step<T: Element>(
     })
 }
 
+#[cfg(test)]
+mod test_util;
 #[cfg(test)]
 mod tests;

@@ -184,58 +184,8 @@ pub(crate) fn project<T: Element>(
         Some(f) => f,
         None => &g32[..m * n],
     };
-    let par = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    // gemm computes dst := alpha·dst + beta·lhs·rhs; strides are (col, row).
-    unsafe {
-        match geo.side() {
-            Side::Right => gemm::gemm(
-                m,
-                rank,
-                n,
-                r.as_mut_ptr(),
-                1,
-                rank as isize,
-                false,
-                gf.as_ptr(),
-                1,
-                n as isize,
-                p.as_ptr(),
-                n as isize,
-                1, // Pᵀ: element (k, j) = P[j·n + k]
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                par,
-            ),
-            Side::Left => gemm::gemm(
-                rank,
-                n,
-                m,
-                r.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                p.as_ptr(),
-                1,
-                m as isize,
-                gf.as_ptr(),
-                1,
-                n as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                par,
-            ),
-        }
-    }
+    let right = geo.side() == Side::Right;
+    super::projection_gemm::project_f32(right, m, n, rank, gf, p, r, threads);
 }
 
 /// Rank 1 (Apollo-Mini): R is a vector, so the projection is a GEMV fused into

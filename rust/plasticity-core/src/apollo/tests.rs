@@ -3,13 +3,8 @@
 use super::*;
 use half::bf16;
 
+use super::test_util::{randn, seeded_state, zero_moments};
 use super::ProjectionPrecision;
-
-fn randn(seed: u64, len: usize, std: f32) -> Vec<f32> {
-    let mut v = vec![0f32; len];
-    rng::fill_normal(seed, std, &mut v);
-    v
-}
 
 fn cfg(rank: usize, scale_type: ScaleType) -> ApolloConfig {
     ApolloConfig {
@@ -150,11 +145,8 @@ fn run_against_reference(m: usize, n: usize, c: ApolloConfig, steps: usize, thre
     let w0 = randn(1, m * n, 0.5);
     let mut w = w0.clone();
     let mut wr = w0.clone();
-    let (mut m1, mut m2) = (vec![0f32; geo.moment_len()], vec![0f32; geo.moment_len()]);
-    let mut st = MatrixState {
-        seed: 77,
-        ..Default::default()
-    };
+    let (mut m1, mut m2) = zero_moments(&geo);
+    let mut st = seeded_state(77);
     let mut rf = Reference::new(m, n, c.clone(), 77);
     let mut ws = Workspace::new(threads);
     let mut fired = 0;
@@ -231,7 +223,7 @@ fn parallel_matches_reference() {
 
 fn one_step(m: usize, n: usize, c: &ApolloConfig, w: &mut [f32], g: &[f32]) -> StepOutcome {
     let geo = Geometry::new(m, n, c.rank);
-    let (mut m1, mut m2) = (vec![0f32; geo.moment_len()], vec![0f32; geo.moment_len()]);
+    let (mut m1, mut m2) = zero_moments(&geo);
     let mut st = MatrixState::default();
     apollo_step(
         c,
@@ -320,11 +312,8 @@ fn projection_refreshes_on_schedule() {
     c.update_proj_gap = 3;
     let geo = Geometry::new(m, n, 4);
     let mut w = randn(1, m * n, 1.0);
-    let (mut m1, mut m2) = (vec![0f32; geo.moment_len()], vec![0f32; geo.moment_len()]);
-    let mut st = MatrixState {
-        seed: 5,
-        ..Default::default()
-    };
+    let (mut m1, mut m2) = zero_moments(&geo);
+    let mut st = seeded_state(5);
     let mut ws = Workspace::new(1);
     let mut refreshed = Vec::new();
     for k in 0..10 {
@@ -355,11 +344,8 @@ fn projection_refreshes_on_schedule() {
         let mut c2 = c.clone();
         c2.update_proj_gap = gap;
         let mut w = randn(1, m * n, 1.0);
-        let (mut m1, mut m2) = (vec![0f32; geo.moment_len()], vec![0f32; geo.moment_len()]);
-        let mut st = MatrixState {
-            seed: 5,
-            ..Default::default()
-        };
+        let (mut m1, mut m2) = zero_moments(&geo);
+        let mut st = seeded_state(5);
         apollo_step(
             &c2,
             m,
@@ -392,11 +378,8 @@ fn projection_cache_gives_identical_results() {
         let mut ws = Workspace::new(1);
         ws.set_projection_cache(cache);
         let mut w = randn(1, m * n, 1.0);
-        let (mut m1, mut m2) = (vec![0f32; geo.moment_len()], vec![0f32; geo.moment_len()]);
-        let mut st = MatrixState {
-            seed: 11,
-            ..Default::default()
-        };
+        let (mut m1, mut m2) = zero_moments(&geo);
+        let mut st = seeded_state(11);
         for k in 0..12 {
             let g = randn(300 + k, m * n, 1.0);
             apollo_step(
@@ -420,7 +403,7 @@ fn limiter_caps_norm_growth() {
     c.correct_bias = false; // constant step size, so ‖ΔW‖ ∝ ‖S‖/L directly
     let geo = Geometry::new(m, n, 4);
     let mut w = vec![0f32; m * n];
-    let (mut m1, mut m2) = (vec![0f32; geo.moment_len()], vec![0f32; geo.moment_len()]);
+    let (mut m1, mut m2) = zero_moments(&geo);
     let mut st = MatrixState::default();
     let mut ws = Workspace::new(1);
     let mut norms = Vec::new();
@@ -469,24 +452,13 @@ fn non_finite_gradient_never_lands() {
             let c = cfg(3, ScaleType::Channel);
             let geo = Geometry::new(m, n, 3);
             let mut w = randn(1, m * n, 1.0);
-            let (mut m1, mut m2) = (vec![0f32; geo.moment_len()], vec![0f32; geo.moment_len()]);
-            let mut st = MatrixState {
-                seed: 1,
-                ..Default::default()
-            };
+            let (mut m1, mut m2) = zero_moments(&geo);
+            let mut st = seeded_state(1);
             let mut ws = Workspace::new(1);
             // One good step first so the state is non-trivial.
+            let good = randn(2, m * n, 1.0);
             apollo_step(
-                &c,
-                m,
-                n,
-                &mut w,
-                &randn(2, m * n, 1.0),
-                &mut m1,
-                &mut m2,
-                &mut st,
-                None,
-                &mut ws,
+                &c, m, n, &mut w, &good, &mut m1, &mut m2, &mut st, None, &mut ws,
             )
             .unwrap();
             let snapshot = (w.clone(), m1.clone(), m2.clone(), st);
@@ -690,11 +662,8 @@ fn bf16_projection_stays_close_to_f32() {
             let geo = Geometry::new(m, n, 16);
             let w0 = randn(1, m * n, 0.05);
             let mut w = w0.clone();
-            let (mut m1, mut m2) = (vec![0f32; geo.moment_len()], vec![0f32; geo.moment_len()]);
-            let mut st = MatrixState {
-                seed: 3,
-                ..Default::default()
-            };
+            let (mut m1, mut m2) = zero_moments(&geo);
+            let mut st = seeded_state(3);
             let mut ws = Workspace::new(1);
             for k in 0..20 {
                 let g = randn(500 + k, m * n, 1.0);

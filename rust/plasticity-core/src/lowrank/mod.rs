@@ -152,7 +152,7 @@ pub fn low_rank(delta: &[f64], rows: usize, cols: usize, rule: RankRule, max_ran
     let mut b = vec![0f32; rows * rank];
     if rank > 0 {
         let basis = &vectors[..rank * k]; // r × k, each row a unit vector
-        if tall {
+        let p = if tall {
             let mut p = vec![0f64; rows * rank];
             unsafe {
                 gemm::gemm(
@@ -162,15 +162,7 @@ pub fn low_rank(delta: &[f64], rows: usize, cols: usize, rule: RankRule, max_ran
                     0.0, 1.0, false, false, false, par,
                 );
             }
-            for j in 0..rank {
-                let root = singular_values[j].sqrt();
-                for i in 0..rows {
-                    b[i * rank + j] = (p[i * rank + j] / root) as f32;
-                }
-                for l in 0..cols {
-                    a[j * cols + l] = (basis[j * k + l] * root) as f32;
-                }
-            }
+            p
         } else {
             let mut p = vec![0f64; rank * cols];
             unsafe {
@@ -181,14 +173,19 @@ pub fn low_rank(delta: &[f64], rows: usize, cols: usize, rule: RankRule, max_ran
                     0.0, 1.0, false, false, false, par,
                 );
             }
-            for j in 0..rank {
-                let root = singular_values[j].sqrt();
-                for l in 0..cols {
-                    a[j * cols + l] = (p[j * cols + l] / root) as f32;
-                }
-                for i in 0..rows {
-                    b[i * rank + j] = (basis[j * k + i] * root) as f32;
-                }
+            p
+        };
+        // Both factors carry √σ: tall, B = P·Σ^{-1/2} and A = Σ^{1/2}·V_rᵀ;
+        // wide, A = Σ^{-1/2}·P and B = U_r·Σ^{1/2}.
+        for (j, sigma) in singular_values[..rank].iter().enumerate() {
+            let root = sigma.sqrt();
+            for i in 0..rows {
+                let x = if tall { p[i * rank + j] / root } else { basis[j * k + i] * root };
+                b[i * rank + j] = x as f32;
+            }
+            for l in 0..cols {
+                let x = if tall { basis[j * k + l] * root } else { p[j * cols + l] / root };
+                a[j * cols + l] = x as f32;
             }
         }
     }

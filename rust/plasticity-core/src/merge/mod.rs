@@ -67,104 +67,66 @@ pub trait Real:
     const KEY_BITS: u32;
 }
 
-impl Real for f32 {
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
-    const NAME: &'static str = "float32";
-    #[inline(always)]
-    fn from_f64(x: f64) -> Self {
-        x as f32
-    }
-    #[inline(always)]
-    fn from_f32(x: f32) -> Self {
-        x
-    }
-    #[inline(always)]
-    fn to_f64(self) -> f64 {
-        self as f64
-    }
-    #[inline(always)]
-    fn abs(self) -> Self {
-        f32::abs(self)
-    }
-    #[inline(always)]
-    fn is_finite(self) -> bool {
-        f32::is_finite(self)
-    }
-    #[inline(always)]
-    fn bits(self) -> u64 {
-        self.to_bits() as u64
-    }
-    #[inline(always)]
-    fn from_bits(b: u64) -> Self {
-        f32::from_bits(b as u32)
-    }
-    const KEY_BITS: u32 = 32;
+/// `Real` for one IEEE float type `$t` whose bit pattern is `$bits`. Every
+/// conversion is a plain `as` cast, a no-op where source and target coincide.
+macro_rules! impl_real {
+    ($t:ident, $bits:ty, $name:literal) => {
+        #[allow(clippy::unnecessary_cast)]
+        impl Real for $t {
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            const NAME: &'static str = $name;
+            #[inline(always)]
+            fn from_f64(x: f64) -> Self {
+                x as $t
+            }
+            #[inline(always)]
+            fn from_f32(x: f32) -> Self {
+                x as $t
+            }
+            #[inline(always)]
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            #[inline(always)]
+            fn abs(self) -> Self {
+                $t::abs(self)
+            }
+            #[inline(always)]
+            fn is_finite(self) -> bool {
+                $t::is_finite(self)
+            }
+            #[inline(always)]
+            fn bits(self) -> u64 {
+                self.to_bits() as u64
+            }
+            #[inline(always)]
+            fn from_bits(b: u64) -> Self {
+                $t::from_bits(b as $bits)
+            }
+            const KEY_BITS: u32 = <$bits>::BITS;
+        }
+    };
 }
-
-impl Real for f64 {
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
-    const NAME: &'static str = "float64";
-    #[inline(always)]
-    fn from_f64(x: f64) -> Self {
-        x
-    }
-    #[inline(always)]
-    fn from_f32(x: f32) -> Self {
-        x as f64
-    }
-    #[inline(always)]
-    fn to_f64(self) -> f64 {
-        self
-    }
-    #[inline(always)]
-    fn abs(self) -> Self {
-        f64::abs(self)
-    }
-    #[inline(always)]
-    fn is_finite(self) -> bool {
-        f64::is_finite(self)
-    }
-    #[inline(always)]
-    fn bits(self) -> u64 {
-        self.to_bits()
-    }
-    #[inline(always)]
-    fn from_bits(b: u64) -> Self {
-        f64::from_bits(b)
-    }
-    const KEY_BITS: u32 = 64;
-}
+impl_real!(f32, u32, "float32");
+impl_real!(f64, u64, "float64");
 
 /// Anything [`pair_stats`] can read: the weight dtypes and f64.
 pub trait Scalar: Copy + Send + Sync + 'static {
     fn as_f64(self) -> f64;
 }
-impl Scalar for f32 {
-    #[inline(always)]
-    fn as_f64(self) -> f64 {
-        self as f64
-    }
+/// Every `Scalar` widens to f64 exactly, which `From` provides for all of them.
+macro_rules! impl_scalar {
+    ($($t:ty),*) => {
+        $(impl Scalar for $t {
+            #[inline(always)]
+            fn as_f64(self) -> f64 {
+                f64::from(self)
+            }
+        })*
+    };
 }
-impl Scalar for f64 {
-    #[inline(always)]
-    fn as_f64(self) -> f64 {
-        self
-    }
-}
-impl Scalar for bf16 {
-    #[inline(always)]
-    fn as_f64(self) -> f64 {
-        self.to_f64()
-    }
-}
-impl Scalar for f16 {
-    #[inline(always)]
-    fn as_f64(self) -> f64 {
-        self.to_f64()
-    }
-}
+impl_scalar!(f32, f64, bf16, f16);
 
 /// A weight dtype together with the precision its deltas are exact in.
 ///
@@ -216,6 +178,29 @@ where
     } else {
         f(0, out);
     }
+}
+
+/// Sets `out[i] = λ·merge(i, scratch)` for every element, in parallel chunks
+/// (λ = 1 skips the multiply: no extra rounding), then checks `out` is finite.
+/// `scratch` has `inputs` slots, allocated once per chunk.
+fn merge_elementwise<D: Real>(
+    out: &mut [D],
+    inputs: usize,
+    lambda: f64,
+    merge: impl Fn(usize, &mut [D]) -> D + Sync + Send,
+) -> Result<()> {
+    let lam = D::from_f64(lambda);
+    for_chunks_mut(out, |off, chunk| {
+        let mut scratch = vec![D::ZERO; inputs];
+        for (j, o) in chunk.iter_mut().enumerate() {
+            let mut x = merge(off + j, &mut scratch);
+            if lambda != 1.0 {
+                x = x * lam;
+            }
+            *o = x;
+        }
+    });
+    check_merged(out)
 }
 
 /// Index of the first non-finite element, if any.
@@ -466,7 +451,6 @@ pub fn task_arithmetic<D: Real>(
     check_finite_param("lambda", lambda)?;
     check_deltas_finite(deltas)?;
     let w: Vec<D> = weights.iter().map(|&w| D::from_f64(w)).collect();
-    let lam = D::from_f64(lambda);
     let mut div = D::ZERO;
     for &x in &w {
         div = div + x;
@@ -474,23 +458,16 @@ pub fn task_arithmetic<D: Real>(
     if div.to_f64().abs() < 1e-8 {
         div = D::ONE;
     }
-    for_chunks_mut(out, |off, o| {
-        for (j, o) in o.iter_mut().enumerate() {
-            let i = off + j;
-            let mut acc = D::ZERO;
-            for (d, &w) in deltas.iter().zip(&w) {
-                acc = acc + w * d[i];
-            }
-            if normalize {
-                acc = acc / div;
-            }
-            if lambda != 1.0 {
-                acc = acc * lam;
-            }
-            *o = acc;
+    merge_elementwise(out, 0, lambda, |i, _| {
+        let mut acc = D::ZERO;
+        for (d, &w) in deltas.iter().zip(&w) {
+            acc = acc + w * d[i];
         }
-    });
-    check_merged(out)
+        if normalize {
+            acc = acc / div;
+        }
+        acc
+    })
 }
 
 /// The merged delta must be finite (finite inputs can still overflow `D`).
@@ -732,45 +709,36 @@ pub fn ties<D: Real>(
         .collect();
     let cuts: Vec<Cut<D>> = plans.iter().map(|p| p.0).collect();
     let w: Vec<D> = weights.iter().map(|&w| D::from_f64(w)).collect();
-    let lam = D::from_f64(lambda);
     let m = deltas.len();
-    for_chunks_mut(out, |off, o| {
-        let mut v = vec![D::ZERO; m];
-        for (j, o) in o.iter_mut().enumerate() {
-            let i = off + j;
-            let mut total = D::ZERO;
-            for t in 0..m {
-                let x = deltas[t][i];
-                // Trimmed elements are exact zeros; weighting zero is zero.
-                v[t] = if cuts[t].keeps(i, x) {
-                    w[t] * x
-                } else {
-                    D::ZERO
-                };
-                total = total + v[t];
-            }
-            let elected: i8 = if total >= D::ZERO { 1 } else { -1 };
-            let mut mixed = D::ZERO;
-            let mut div = D::ZERO;
-            for t in 0..m {
-                if sign(v[t]) == elected {
-                    mixed = mixed + v[t];
-                    div = div + w[t];
-                }
-            }
-            if normalize {
-                if div == D::ZERO {
-                    div = D::ONE;
-                }
-                mixed = mixed / div;
-            }
-            if lambda != 1.0 {
-                mixed = mixed * lam;
-            }
-            *o = mixed;
+    merge_elementwise(out, m, lambda, |i, v| {
+        let mut total = D::ZERO;
+        for t in 0..m {
+            let x = deltas[t][i];
+            // Trimmed elements are exact zeros; weighting zero is zero.
+            v[t] = if cuts[t].keeps(i, x) {
+                w[t] * x
+            } else {
+                D::ZERO
+            };
+            total = total + v[t];
         }
-    });
-    check_merged(out)?;
+        let elected: i8 = if total >= D::ZERO { 1 } else { -1 };
+        let mut mixed = D::ZERO;
+        let mut div = D::ZERO;
+        for t in 0..m {
+            if sign(v[t]) == elected {
+                mixed = mixed + v[t];
+                div = div + w[t];
+            }
+        }
+        if normalize {
+            if div == D::ZERO {
+                div = D::ONE;
+            }
+            mixed = mixed / div;
+        }
+        mixed
+    })?;
     Ok(plans.into_iter().map(|p| p.1).collect())
 }
 
@@ -978,40 +946,30 @@ pub fn ties_paper<D: Real>(
     }
     check_deltas_finite(deltas)?;
     let w: Vec<D> = weights.iter().map(|&w| D::from_f64(w)).collect();
-    let lam = D::from_f64(lambda);
     let m = deltas.len();
-    for_chunks_mut(out, |off, o| {
-        let mut v = vec![D::ZERO; m];
-        for (j, o) in o.iter_mut().enumerate() {
-            let i = off + j;
-            let mut s = D::ZERO;
-            for t in 0..m {
-                v[t] = paper_v(deltas[t][i], w[t], thresholds[t]);
-                s = s + v[t];
-            }
-            let mut g = sign(s);
-            if g == 0 {
-                g = majority.signum();
-            }
-            let (mut sum, mut count) = (D::ZERO, 0u32);
-            for &x in v.iter() {
-                if (g > 0 && x > D::ZERO) || (g <= 0 && x < D::ZERO) {
-                    sum = sum + x;
-                    count += 1;
-                }
-            }
-            let mut r = if count > 1 {
-                sum / D::from_f64(count as f64)
-            } else {
-                sum
-            };
-            if lambda != 1.0 {
-                r = r * lam;
-            }
-            *o = r;
+    merge_elementwise(out, m, lambda, |i, v| {
+        let mut s = D::ZERO;
+        for t in 0..m {
+            v[t] = paper_v(deltas[t][i], w[t], thresholds[t]);
+            s = s + v[t];
         }
-    });
-    check_merged(out)
+        let mut g = sign(s);
+        if g == 0 {
+            g = majority.signum();
+        }
+        let (mut sum, mut count) = (D::ZERO, 0u32);
+        for &x in v.iter() {
+            if (g > 0 && x > D::ZERO) || (g <= 0 && x < D::ZERO) {
+                sum = sum + x;
+                count += 1;
+            }
+        }
+        if count > 1 {
+            sum / D::from_f64(count as f64)
+        } else {
+            sum
+        }
+    })
 }
 
 // ---------------------------------------------------------------- diff stats

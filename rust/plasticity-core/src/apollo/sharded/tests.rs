@@ -3,9 +3,9 @@
 
 use std::sync::{Arc, Barrier, Mutex};
 
+use super::super::test_util::{randn, seeded_state, zero_moments};
 use super::super::{apollo_step, ApolloConfig, MatrixState, ScaleType, StepOutcome, Workspace};
 use super::*;
-use crate::rng;
 
 /// k ranks summing in rank order, like a ring all-reduce without its reordering.
 struct Group {
@@ -20,7 +20,25 @@ struct Member {
     calls: usize,
 }
 
+impl Group {
+    fn new(ranks: usize) -> Arc<Group> {
+        Arc::new(Group {
+            barrier: Barrier::new(ranks),
+            slots: Mutex::new(vec![Vec::new(); ranks]),
+        })
+    }
+}
+
 impl Member {
+    fn new(group: Arc<Group>, rank: usize) -> Member {
+        Member {
+            group,
+            rank,
+            sent: 0,
+            calls: 0,
+        }
+    }
+
     fn sum(&mut self, vals: Vec<f64>) -> Vec<f64> {
         self.calls += 1;
         self.group.slots.lock().unwrap()[self.rank] = vals;
@@ -53,12 +71,6 @@ impl Collective for Member {
     }
 }
 
-fn randn(seed: u64, len: usize, std: f32) -> Vec<f32> {
-    let mut v = vec![0f32; len];
-    rng::fill_normal(seed, std, &mut v);
-    v
-}
-
 fn cfg(rank: usize, scale_type: ScaleType) -> ApolloConfig {
     ApolloConfig {
         lr: 1e-2,
@@ -79,6 +91,47 @@ fn block(x: &[f32], m: usize, n: usize, axis: ShardAxis, lo: usize, hi: usize) -
         ShardAxis::Cols => (0..m)
             .flat_map(|i| x[i * n + lo..i * n + hi].iter().copied())
             .collect(),
+    }
+}
+
+/// The length of the dimension an `axis` shard cuts.
+fn cut_len(axis: ShardAxis, m: usize, n: usize) -> usize {
+    match axis {
+        ShardAxis::Rows => m,
+        ShardAxis::Cols => n,
+    }
+}
+
+/// Rank `rank`'s half of `0..along` when two ranks split it.
+fn half(rank: usize, along: usize) -> (usize, usize) {
+    if rank == 0 {
+        (0, along / 2)
+    } else {
+        (along / 2, along)
+    }
+}
+
+/// The shard of rows or columns `lo..hi` of an m×n matrix, with its local shape.
+fn shard_of(m: usize, n: usize, axis: ShardAxis, lo: usize, hi: usize) -> (Shard, usize, usize) {
+    let shard = Shard {
+        axis,
+        offset: lo,
+        global_m: m,
+        global_n: n,
+    };
+    let (lm, ln) = match axis {
+        ShardAxis::Rows => (hi - lo, n),
+        ShardAxis::Cols => (m, hi - lo),
+    };
+    (shard, lm, ln)
+}
+
+/// Adds the squared distance of the shard weights `w` from `want` (the whole
+/// step's block) to `err`, and that of `want` from `start` (the update) to `upd`.
+fn add_errors(w: &[f32], want: &[f32], start: &[f32], err: &mut f64, upd: &mut f64) {
+    for ((&a, &b), &s) in w.iter().zip(want).zip(start) {
+        *err += ((a - b) as f64).powi(2);
+        *upd += ((b - s) as f64).powi(2);
     }
 }
 
@@ -105,25 +158,14 @@ fn compare(
     let w0 = randn(5, m * n, 0.5);
     let mut whole = w0.clone();
     let geo = Geometry::new(m, n, c.rank);
-    let (mut m1, mut m2) = (vec![0f32; geo.moment_len()], vec![0f32; geo.moment_len()]);
-    let mut st = MatrixState {
-        seed,
-        ..Default::default()
-    };
+    let (mut m1, mut m2) = zero_moments(&geo);
+    let mut st = seeded_state(seed);
     let mut ws = Workspace::new(1);
     let mut fired = false;
     for t in 0..steps {
+        let g = grad(t, m, n);
         let out = apollo_step(
-            c,
-            m,
-            n,
-            &mut whole,
-            &grad(t, m, n),
-            &mut m1,
-            &mut m2,
-            &mut st,
-            None,
-            &mut ws,
+            c, m, n, &mut whole, &g, &mut m1, &mut m2, &mut st, None, &mut ws,
         )
         .unwrap();
         if let StepOutcome::Applied { limiter, .. } = out {
@@ -132,42 +174,19 @@ fn compare(
     }
 
     let k = splits.len() - 1;
-    let group = Arc::new(Group {
-        barrier: Barrier::new(k),
-        slots: Mutex::new(vec![Vec::new(); k]),
-    });
+    let group = Group::new(k);
     let handles: Vec<_> = (0..k)
         .map(|rank| {
             let (group, c, w0) = (group.clone(), c.clone(), w0.clone());
             let (lo, hi) = (splits[rank], splits[rank + 1]);
             std::thread::spawn(move || {
-                let shard = Shard {
-                    axis,
-                    offset: lo,
-                    global_m: m,
-                    global_n: n,
-                };
-                let (lm, ln) = match axis {
-                    ShardAxis::Rows => (hi - lo, n),
-                    ShardAxis::Cols => (m, hi - lo),
-                };
+                let (shard, lm, ln) = shard_of(m, n, axis, lo, hi);
                 let local = shard.local(lm, ln, c.rank);
                 let mut w = block(&w0, m, n, axis, lo, hi);
-                let (mut m1, mut m2) = (
-                    vec![0f32; local.moment_len()],
-                    vec![0f32; local.moment_len()],
-                );
-                let mut st = MatrixState {
-                    seed,
-                    ..Default::default()
-                };
+                let (mut m1, mut m2) = zero_moments(&local);
+                let mut st = seeded_state(seed);
                 let mut ws = Workspace::new(1);
-                let mut me = Member {
-                    group,
-                    rank,
-                    sent: 0,
-                    calls: 0,
-                };
+                let mut me = Member::new(group, rank);
                 for t in 0..steps {
                     let g = block(&grad(t, m, n), m, n, axis, lo, hi);
                     apollo_step_sharded(
@@ -190,10 +209,7 @@ fn compare(
         let (lo, hi) = (splits[rank], splits[rank + 1]);
         let want = block(&whole, m, n, axis, lo, hi);
         let start = block(&w0, m, n, axis, lo, hi);
-        for ((&a, &b), &s) in w.iter().zip(&want).zip(&start) {
-            err += ((a - b) as f64).powi(2);
-            upd += ((b - s) as f64).powi(2);
-        }
+        add_errors(w, &want, &start, &mut err, &mut upd);
     }
     ((err / upd).sqrt(), fired, parts[0].1)
 }
@@ -202,7 +218,7 @@ fn compare(
 fn one_step_on_shards_equals_the_whole_step() {
     for (m, n) in [(48, 20), (20, 48), (32, 32)] {
         for axis in [ShardAxis::Rows, ShardAxis::Cols] {
-            let along = if axis == ShardAxis::Rows { m } else { n };
+            let along = cut_len(axis, m, n);
             let (e, _, _) = compare(
                 m,
                 n,
@@ -220,7 +236,7 @@ fn one_step_on_shards_equals_the_whole_step() {
 fn fifty_steps_with_refreshes_and_the_limiter_stay_exact() {
     for (m, n) in [(48, 20), (20, 48)] {
         for axis in [ShardAxis::Rows, ShardAxis::Cols] {
-            let along = if axis == ShardAxis::Rows { m } else { n };
+            let along = cut_len(axis, m, n);
             for (c, splits) in [
                 (cfg(4, ScaleType::Channel), vec![0, along / 2, along]),
                 (cfg(4, ScaleType::Channel), vec![0, 5, along / 2 + 1, along]), // uneven, 3 ranks
@@ -257,48 +273,23 @@ fn a_non_finite_shard_stops_every_rank() {
     for axis in [ShardAxis::Rows, ShardAxis::Cols] {
         let (m, n) = (48, 20);
         let c = cfg(4, ScaleType::Channel);
-        let group = Arc::new(Group {
-            barrier: Barrier::new(2),
-            slots: Mutex::new(vec![Vec::new(); 2]),
-        });
-        let along = if axis == ShardAxis::Rows { m } else { n };
+        let group = Group::new(2);
+        let along = cut_len(axis, m, n);
         let handles: Vec<_> = (0..2)
             .map(|rank| {
                 let (group, c) = (group.clone(), c.clone());
                 std::thread::spawn(move || {
-                    let (lo, hi) = if rank == 0 {
-                        (0, along / 2)
-                    } else {
-                        (along / 2, along)
-                    };
-                    let shard = Shard {
-                        axis,
-                        offset: lo,
-                        global_m: m,
-                        global_n: n,
-                    };
-                    let (lm, ln) = if axis == ShardAxis::Rows {
-                        (hi - lo, n)
-                    } else {
-                        (m, hi - lo)
-                    };
+                    let (lo, hi) = half(rank, along);
+                    let (shard, lm, ln) = shard_of(m, n, axis, lo, hi);
                     let local = shard.local(lm, ln, 4);
                     let mut g = vec![0.1f32; lm * ln];
                     if rank == 1 {
                         g[3] = f32::NAN;
                     }
                     let mut w = vec![1f32; lm * ln];
-                    let (mut m1, mut m2) = (
-                        vec![0f32; local.moment_len()],
-                        vec![0f32; local.moment_len()],
-                    );
+                    let (mut m1, mut m2) = zero_moments(&local);
                     let mut st = MatrixState::default();
-                    let mut me = Member {
-                        group,
-                        rank,
-                        sent: 0,
-                        calls: 0,
-                    };
+                    let mut me = Member::new(group, rank);
                     let out = apollo_step_sharded(
                         &c,
                         &shard,
@@ -327,57 +318,40 @@ fn a_non_finite_shard_stops_every_rank() {
 #[test]
 fn a_block_that_is_not_a_shard_is_refused() {
     let c = cfg(4, ScaleType::Channel);
-    let mut me = Member {
-        group: Arc::new(Group {
-            barrier: Barrier::new(1),
-            slots: Mutex::new(vec![Vec::new()]),
-        }),
-        rank: 0,
-        sent: 0,
-        calls: 0,
-    };
-    let shard = Shard {
-        axis: ShardAxis::Rows,
-        offset: 40,
-        global_m: 48,
-        global_n: 20,
-    };
+    let mut me = Member::new(Group::new(1), 0);
     let (mut w, g) = (vec![0f32; 10 * 20], vec![0f32; 10 * 20]);
     let (mut m1, mut m2) = (vec![0f32; 40], vec![0f32; 40]);
-    let err = apollo_step_sharded(
-        &c,
-        &shard,
-        10,
-        20,
-        &mut w,
-        &g,
-        &mut m1,
-        &mut m2,
-        &mut MatrixState::default(),
-        &mut me,
-        &mut Workspace::new(1),
-    );
-    assert!(err.is_err(), "rows 40..50 of 48 accepted");
-    let shard = Shard {
-        axis: ShardAxis::Cols,
-        offset: 0,
-        global_m: 48,
-        global_n: 20,
-    };
-    let err = apollo_step_sharded(
-        &c,
-        &shard,
-        24,
-        10,
-        &mut w,
-        &g,
-        &mut m1,
-        &mut m2,
-        &mut MatrixState::default(),
-        &mut me,
-        &mut Workspace::new(1),
-    );
-    assert!(err.is_err(), "a column block with half the rows accepted");
+    for (axis, offset, lm, ln, accepted) in [
+        (ShardAxis::Rows, 40, 10, 20, "rows 40..50 of 48 accepted"),
+        (
+            ShardAxis::Cols,
+            0,
+            24,
+            10,
+            "a column block with half the rows accepted",
+        ),
+    ] {
+        let shard = Shard {
+            axis,
+            offset,
+            global_m: 48,
+            global_n: 20,
+        };
+        let err = apollo_step_sharded(
+            &c,
+            &shard,
+            lm,
+            ln,
+            &mut w,
+            &g,
+            &mut m1,
+            &mut m2,
+            &mut MatrixState::default(),
+            &mut me,
+            &mut Workspace::new(1),
+        );
+        assert!(err.is_err(), "{accepted}");
+    }
 }
 
 #[test]
@@ -399,25 +373,14 @@ fn many_matrices_take_three_sums_and_match_their_whole_steps() {
         .map(|(i, &(m, n, _))| {
             let mut w = randn(50 + i as u64, m * n, 0.5);
             let geo = Geometry::new(m, n, c.rank);
-            let (mut m1, mut m2) = (vec![0f32; geo.moment_len()], vec![0f32; geo.moment_len()]);
-            let mut st = MatrixState {
-                seed: 9 + i as u64,
-                ..Default::default()
-            };
+            let (mut m1, mut m2) = zero_moments(&geo);
+            let mut st = seeded_state(9 + i as u64);
             let mut ws = Workspace::new(1);
             for t in 0..steps {
                 if i != poisoned {
+                    let g = grad(t, m, n);
                     apollo_step(
-                        &c,
-                        m,
-                        n,
-                        &mut w,
-                        &grad(t, m, n),
-                        &mut m1,
-                        &mut m2,
-                        &mut st,
-                        None,
-                        &mut ws,
+                        &c, m, n, &mut w, &g, &mut m1, &mut m2, &mut st, None, &mut ws,
                     )
                     .unwrap();
                 }
@@ -425,10 +388,7 @@ fn many_matrices_take_three_sums_and_match_their_whole_steps() {
             w
         })
         .collect();
-    let group = Arc::new(Group {
-        barrier: Barrier::new(2),
-        slots: Mutex::new(vec![Vec::new(); 2]),
-    });
+    let group = Group::new(2);
     let handles: Vec<_> = (0..2)
         .map(|rank| {
             let (group, c, mats) = (group.clone(), c.clone(), mats.clone());
@@ -437,29 +397,11 @@ fn many_matrices_take_three_sums_and_match_their_whole_steps() {
                     .iter()
                     .enumerate()
                     .map(|(i, &(m, n, axis))| {
-                        let along = if axis == ShardAxis::Rows { m } else { n };
-                        let (lo, hi) = if rank == 0 {
-                            (0, along / 2)
-                        } else {
-                            (along / 2, along)
-                        };
-                        let shard = Shard {
-                            axis,
-                            offset: lo,
-                            global_m: m,
-                            global_n: n,
-                        };
-                        let (lm, ln) = if axis == ShardAxis::Rows {
-                            (hi - lo, n)
-                        } else {
-                            (m, hi - lo)
-                        };
+                        let (lo, hi) = half(rank, cut_len(axis, m, n));
+                        let (shard, lm, ln) = shard_of(m, n, axis, lo, hi);
                         let len = shard.local(lm, ln, c.rank).moment_len();
                         let w = block(&randn(50 + i as u64, m * n, 0.5), m, n, axis, lo, hi);
-                        let st = MatrixState {
-                            seed: 9 + i as u64,
-                            ..Default::default()
-                        };
+                        let st = seeded_state(9 + i as u64);
                         (
                             shard,
                             lm,
@@ -473,12 +415,7 @@ fn many_matrices_take_three_sums_and_match_their_whole_steps() {
                         )
                     })
                     .collect();
-                let mut me = Member {
-                    group,
-                    rank,
-                    sent: 0,
-                    calls: 0,
-                };
+                let mut me = Member::new(group, rank);
                 let mut ws = Workspace::new(1);
                 for t in 0..steps {
                     let grads: Vec<Vec<f32>> = mats
@@ -538,10 +475,7 @@ fn many_matrices_take_three_sums_and_match_their_whole_steps() {
             let (w, lo, hi) = &part[i];
             let want = block(&wholes[i], m, n, axis, *lo, *hi);
             let w0 = block(&start, m, n, axis, *lo, *hi);
-            for ((&a, &b), &s) in w.iter().zip(&want).zip(&w0) {
-                err += ((a - b) as f64).powi(2);
-                upd += ((b - s) as f64).powi(2);
-            }
+            add_errors(w, &want, &w0, &mut err, &mut upd);
         }
         if i == poisoned {
             assert_eq!(upd, 0.0);
