@@ -314,8 +314,8 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self, model: str, work: Path, key: str, dtype: str):
-        self.model, self.work, self.key, self.dtype = model, work, key, dtype
+    def __init__(self, model: str, work: Path, key: str, dtype: str, eager: bool = False):
+        self.model, self.work, self.key, self.dtype, self.eager = model, work, key, dtype, eager
         self.proc = None
         self.port = _free_port()
         vecs = work / "vectors"
@@ -332,7 +332,8 @@ class Server:
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model, "--dtype", self.dtype,
                "--gpu-memory-utilization", "0.2", "--max-model-len", "1024", "--host", "127.0.0.1",
                "--port", str(self.port), "--api-key", self.key,
-               "--worker-extension-cls", "plasticity.vllm.extension.WorkerExtension"]
+               "--worker-extension-cls", "plasticity.vllm.extension.WorkerExtension",
+               *(["--enforce-eager"] if self.eager else [])]
         self.log = open(self.work / f"server-{int(time.time())}.log", "wb")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=env, start_new_session=True, cwd=self.work)
@@ -411,12 +412,14 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--work", help="folder for the server's config, journal, snapshots (default: a temp one)")
     ap.add_argument("--quick", action="store_true", help="the bounded CI variant")
+    ap.add_argument("--eager", action="store_true",
+                    help="serve with --enforce-eager (no torch.compile warm-up: each start is about half as long)")
     args = ap.parse_args(argv)
     srv = None
     private = [str(Path.home()), tempfile.gettempdir(), sys.prefix]
     if args.serve:
         work = Path(args.work or tempfile.mkdtemp(prefix="plasticity-probe-")).resolve()
-        srv = Server(args.serve, work, args.api_key, args.dtype)
+        srv = Server(args.serve, work, args.api_key, args.dtype, args.eager)
         srv.start()
         url = f"http://127.0.0.1:{srv.port}"
         private.append(str(work))

@@ -38,6 +38,10 @@ class VLLMServers:
         self.current = (key, srv)
         return srv
 
+    def running(self, key):
+        """The server of configuration ``key`` if it is the one running, else None."""
+        return self.current[1] if self.current and self.current[0] == key else None
+
     def close(self):
         if self.current:
             self.current[1].stop()
@@ -96,12 +100,22 @@ def pytest_collection_modifyitems(session, config, items):
 # stops whatever server is up, and a later `vllm_servers.get(...)` stops it.
 
 
-def _steering_server(vllm_servers, tmp_path_factory, key, env, extra_args=(), dtype="float32", model="qwen3-tiny"):
+def _steering_server(vllm_servers, tmp_path_factory, key, env, extra_args=(), dtype="float32", model="qwen3-tiny",
+                     eager=False):
+    """Start (or return) the server of configuration ``key``. ``eager`` adds ``--enforce-eager``:
+    vLLM CPU's torch.compile warm-up is most of a start (qwen3-tiny: 113 s compiled on a cold cache,
+    78 s warm, 57 s eager, measured on 2 cores), so only the servers whose subject includes the
+    compiled graph run compiled: vanilla and steered serving, the training server (in-place updates
+    seen by compiled code), the hybrid, and SmolLM2 (the main job's configuration). The others test
+    HTTP and bookkeeping logic (snapshots, dreams, LoRA slots, bf16 numerics), which does not change
+    with the mode."""
     from vllm_server import VLLMServer
 
-    if vllm_servers.current and vllm_servers.current[0] == key:
-        return vllm_servers.current[1]
+    if srv := vllm_servers.running(key):
+        return srv
     vllm_servers.close()
+    if eager and "--enforce-eager" not in extra_args:
+        extra_args = (*extra_args, "--enforce-eager")
     log = tmp_path_factory.mktemp("steer-logs") / f"{key[0]}.log"
     srv = VLLMServer(model_dir(model), dtype=dtype, extra_args=extra_args, env=env, log_path=log)
     srv.start()
@@ -181,8 +195,8 @@ def qwen3_5_server(vllm_servers, tmp_path_factory, steering_files):
     import training_support as ts
 
     key = ("qwen3_5-shared",)
-    if vllm_servers.current and vllm_servers.current[0] == key:
-        return vllm_servers.current[1]
+    if srv := vllm_servers.running(key):
+        return srv
     root = tmp_path_factory.mktemp("qwen3_5")
     cfg = ts.write_config(root, modules=["all-linear", "gdn"], batch_size=2, replay_ratio=0.5)
     cfg.write_text(cfg.read_text() + f'\n[steering]\nadmin = true\nvectors_dir = "{steering_files["vectors"]}"\n'
@@ -251,8 +265,8 @@ def lora_server(vllm_servers, tmp_path_factory, trained_snapshots):
     import training_support as ts
 
     key = ("lora-qwen3",)
-    if vllm_servers.current and vllm_servers.current[0] == key:
-        return vllm_servers.current[1]
+    if srv := vllm_servers.running(key):
+        return srv
     root = tmp_path_factory.mktemp("lora")
     for name, folder in trained_snapshots.items():
         shutil.copytree(folder, root / "snapshots" / name)
@@ -260,7 +274,8 @@ def lora_server(vllm_servers, tmp_path_factory, trained_snapshots):
     cfg.write_text(cfg.read_text() + f"\n[snapshots]\nserve_max = {LORA_SLOTS}\nserve_max_rank = {LORA_RANK}\n")
     env = {**ts.plugin_env(cfg), "VLLM_SERVER_DEV_MODE": "1"}
     srv = _steering_server(vllm_servers, tmp_path_factory, key, env, extra_args=(
-        "--api-key", ts.API_KEY, "--enable-lora", "--max-loras", str(LORA_SLOTS + 1), "--max-lora-rank", str(LORA_RANK)))
+        "--api-key", ts.API_KEY, "--enable-lora", "--max-loras", str(LORA_SLOTS + 1), "--max-lora-rank", str(LORA_RANK)),
+        eager=True)
     srv.served_model_name = srv.model
     srv.root = root
     return srv

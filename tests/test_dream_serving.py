@@ -70,12 +70,13 @@ def dream_server(vllm_servers, tmp_path_factory):
     from conftest import _steering_server
 
     key = ("dream-qwen3",)
-    if vllm_servers.current and vllm_servers.current[0] == key:
-        return vllm_servers.current[1]
+    if srv := vllm_servers.running(key):
+        return srv
     root = tmp_path_factory.mktemp("dream")
     cfg = ts.write_config(root, lr=2e-3, guard_every=8, guard_threshold=GUARD)
     cfg.write_text(cfg.read_text() + _dream_section(root))
-    srv = _steering_server(vllm_servers, tmp_path_factory, key, ts.plugin_env(cfg), extra_args=("--api-key", ts.API_KEY))
+    srv = _steering_server(vllm_servers, tmp_path_factory, key, ts.plugin_env(cfg), extra_args=("--api-key", ts.API_KEY),
+                           eager=True)
     srv.served_model_name = srv.model
     srv.root, srv.config = root, cfg
     return srv
@@ -372,7 +373,7 @@ def test_kill_the_server_mid_cycle_and_restart(vllm_servers, tmp_path):
     with MemoryStore(cfg.db) as s:
         s.import_jsonl(sample_graph_path())
     env = ts.plugin_env(cfgp)
-    s1 = VLLMServer(model_dir("qwen3-tiny"), env=env, extra_args=("--api-key", ts.API_KEY),
+    s1 = VLLMServer(model_dir("qwen3-tiny"), env=env, extra_args=("--api-key", ts.API_KEY, "--enforce-eager"),
                     log_path=root / "s1.log").start()
     killed_at = None
     try:
@@ -413,7 +414,7 @@ def test_kill_the_server_mid_cycle_and_restart(vllm_servers, tmp_path):
 
     # restart, bounded to 6 more cycles so the test ends
     _kill_config(root, 6)
-    s2 = VLLMServer(model_dir("qwen3-tiny"), env=env, extra_args=("--api-key", ts.API_KEY),
+    s2 = VLLMServer(model_dir("qwen3-tiny"), env=env, extra_args=("--api-key", ts.API_KEY, "--enforce-eager"),
                     log_path=root / "s2.log").start()
     try:
         t0 = time.time()

@@ -46,8 +46,8 @@ def merge_server(vllm_servers, tmp_path_factory):
     from conftest import _steering_server
 
     key = ("merge-qwen3-long",)
-    if vllm_servers.current and vllm_servers.current[0] == key:
-        return vllm_servers.current[1]
+    if srv := vllm_servers.running(key):
+        return srv
     root = tmp_path_factory.mktemp("merge")
     cfg = ts.write_config(root, snapshot_dir=str(root / "snapshots"))
     env = {**ts.plugin_env(cfg), "VLLM_SERVER_DEV_MODE": "1"}

@@ -26,8 +26,8 @@ def tv_server(vllm_servers, tmp_path_factory):
     from conftest import _steering_server
 
     key = ("tv-qwen3",)
-    if vllm_servers.current and vllm_servers.current[0] == key:
-        return vllm_servers.current[1]
+    if srv := vllm_servers.running(key):
+        return srv
     root = tmp_path_factory.mktemp("tv")
     # the guard evaluates held-out perplexity every 16 steps (~2.5 s each): every 4 cost the two
     # 160-step teaching runs 80 evaluations; the harmful run's 24 steps still cross a check
@@ -35,7 +35,7 @@ def tv_server(vllm_servers, tmp_path_factory):
     (root / "vectors").mkdir()
     cfg.write_text(cfg.read_text() + '\n[steering]\nadmin = true\nvectors_dir = "vectors"\nmax_abs_scale = 1000.0\n')
     env = {**ts.plugin_env(cfg), "VLLM_SERVER_DEV_MODE": "1"}
-    srv = _steering_server(vllm_servers, tmp_path_factory, key, env, extra_args=("--api-key", ts.API_KEY))
+    srv = _steering_server(vllm_servers, tmp_path_factory, key, env, extra_args=("--api-key", ts.API_KEY), eager=True)
     srv.served_model_name = srv.model
     srv.root = root
     return srv

@@ -30,7 +30,7 @@ def _server(vllm_servers, tmp_path_factory, files, name):
 
     srv = _steering_server(vllm_servers, tmp_path_factory, (f"steer-bf16-{name}",),
                            ss.plugin_env(files["config"]), extra_args=("--api-key", ss.API_KEY), dtype="bfloat16",
-                           model=name)
+                           model=name, eager=True)
     srv.model_name = name
     return srv
 
