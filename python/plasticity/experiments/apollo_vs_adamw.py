@@ -22,11 +22,11 @@ from . import common as C
 QUICK = C.Budget(behaviour="ticket-reply", steps=3, lr=1e-3, replay_ratio=0.25,
                  variants=[("Apollo r32", 32, "channel", True), ("Apollo-Mini", 1, "tensor", True),
                            ("AdamW", 32, "channel", False)],
-                 heldout_tokens=512, max_tests=4, max_controls=2, max_nll=4)
+                 **C.QUICK_EVAL)
 FULL = C.Budget(behaviour="ticket-reply", steps=120, lr=1e-3, replay_ratio=0.25,
                 variants=[("Apollo r32", 32, "channel", True), ("Apollo r128", 128, "channel", True),
                           ("Apollo-Mini", 1, "tensor", True), ("AdamW", 32, "channel", False)],
-                heldout_tokens=4096, max_tests=None, max_controls=None, max_nll=None)
+                **C.FULL_EVAL)
 
 TITLE = "Apollo vs Apollo-Mini vs AdamW"
 QUESTION = "On the same fine-tune, how do Apollo, Apollo-Mini and AdamW compare in loss, forgetting and optimizer memory?"
@@ -37,12 +37,8 @@ def run(args) -> dict:
     rig, log, out = C.start(args, "apollo-vs-adamw", b)
     train = rig.behaviour_examples(b.behaviour, "train")
 
-    def measure():
-        return dict(rig.behaviour(b.behaviour, max_tests=b.max_tests, max_controls=b.max_controls, max_nll=b.max_nll),
-                    ppl=rig.ppl())
-
     rig.reset()
-    base = measure()
+    base = rig.scores(b)
     rows, losses = [], {}
     for i, (name, rank, scale, apollo) in enumerate(b.variants):
         rig.reset()
@@ -51,7 +47,7 @@ def run(args) -> dict:
             g["apollo"] = apollo
         n_apollo = sum(tr.opt.uses_apollo(p) for p in tr.params)
         t = rig.teach(tr, train, b.steps, label=f"run {i + 1}/{len(b.variants)} {name}")
-        m = measure()
+        m = rig.scores(b)
         losses[name] = t["losses"]
         rows.append(dict(optimizer=name, rank=rank if apollo else None, scale_type=scale if apollo else None,
                          apollo_tensors=n_apollo, adamw_tensors=len(tr.params) - n_apollo, **m,

@@ -14,9 +14,9 @@ from __future__ import annotations
 from . import common as C
 
 QUICK = C.Budget(tasks=["ticket-reply", "format-rule"], steps=3, lr=1e-3, rank=32, replays=[0.25],
-                 heldout_tokens=512, max_tests=4, max_controls=2, max_nll=4)
+                 **C.QUICK_EVAL)
 FULL = C.Budget(tasks=["ticket-reply", "format-rule", "refusal"], steps=120, lr=1e-3, rank=32, replays=[0.25, 0.75],
-                heldout_tokens=4096, max_tests=None, max_controls=None, max_nll=None)
+                **C.FULL_EVAL)
 
 TITLE = "backward transfer across behaviours and general text"
 QUESTION = ("Does learning behaviour B change the scores on an earlier behaviour A and on general text "
@@ -32,7 +32,7 @@ def run(args) -> dict:
     data = {t: rig.behaviour_examples(t, "train") for t in tasks}
 
     def measure(label):
-        s = {t: rig.behaviour(t, max_tests=b.max_tests, max_controls=b.max_controls, max_nll=b.max_nll) for t in tasks}
+        s = {t: rig.scores(b, t, ppl=False) for t in tasks}
         p = rig.ppl()
         log(f"{label}: " + ", ".join(f"{t} {s[t]['heldout_pass']:.2f}" for t in tasks) + f", ppl {p:.2f}")
         return s, p

@@ -88,6 +88,12 @@ class Budget:
         return f"Budget({self.__dict__})"
 
 
+# How much each measurement reads: the quick (CI) variants a few tests and 512 held-out tokens, the
+# full runs every test and 4096 tokens. An experiment spreads one of these into its Budget.
+QUICK_EVAL = dict(heldout_tokens=512, max_tests=4, max_controls=2, max_nll=4)
+FULL_EVAL = dict(heldout_tokens=4096, max_tests=None, max_controls=None, max_nll=None)
+
+
 def relative_change(before: float, after: float) -> float:
     return (after - before) / before
 
@@ -271,6 +277,15 @@ class Rig:
         return {"heldout_pass": rh["pass_rate"], "heldout_n": rh["n"], "control_pass": rc["pass_rate"],
                 "control_n": rc["n"], "decision_nll": nll,
                 "sample": (rh["results"][0]["output"] if rh["results"] else None)}
+
+    def scores(self, budget: Budget, name: str | None = None, *, ppl: bool = True) -> dict:
+        """``behaviour`` of ``name`` (default: the budget's behaviour) read within the budget's test
+        and NLL limits, with the held-out perplexity of general text unless ``ppl`` is false."""
+        out = self.behaviour(name or budget.behaviour, max_tests=budget.max_tests, max_controls=budget.max_controls,
+                             max_nll=budget.max_nll)
+        if ppl:
+            out["ppl"] = self.ppl()
+        return out
 
     def decision_nll(self, examples: list[Example]) -> float:
         """Mean per-token NLL (nats) of the decisions given their contexts, teacher-forced, no gradient."""

@@ -15,9 +15,9 @@ from __future__ import annotations
 from . import common as C
 
 QUICK = C.Budget(behaviour="ticket-reply", history_tokens=48, steps=3, lr=1e-3, rank=32, replay_ratio=0.25,
-                 heldout_tokens=512, max_tests=4, max_controls=2, max_nll=4)
+                 **C.QUICK_EVAL)
 FULL = C.Budget(behaviour="ticket-reply", history_tokens=384, steps=100, lr=1e-3, rank=32, replay_ratio=0.25,
-                heldout_tokens=4096, max_tests=None, max_controls=None, max_nll=None)
+                **C.FULL_EVAL)
 
 TITLE = "context-frozen vs full backprop"
 QUESTION = ("On the same examples, what does context-frozen training change against full backprop: behaviour "
@@ -58,7 +58,7 @@ def run(args) -> dict:
     log(f"examples: context {ctx_mean:.0f} tokens, decision {dec_mean:.0f} tokens on average")
 
     def measure():
-        m = rig.behaviour(b.behaviour, max_tests=b.max_tests, max_controls=b.max_controls, max_nll=b.max_nll)
+        m = rig.scores(b, ppl=False)
         return dict(m, nll_with_history=rig.decision_nll(held_hist), ppl=rig.ppl())
 
     rig.reset()

@@ -18,10 +18,10 @@ from __future__ import annotations
 from . import common as C
 
 QUICK = C.Budget(behaviour="ticket-reply", ns=[2, 4], min_steps=3, lr=1e-3, rank=32,
-                 schedules=[["repeated", 0.25], ["one pass", 0.75]], heldout_tokens=512, max_tests=4, max_controls=2, max_nll=4)
+                 schedules=[["repeated", 0.25], ["one pass", 0.75]], **C.QUICK_EVAL)
 FULL = C.Budget(behaviour="ticket-reply", ns=[5, 10, 25, 50, 100], min_steps=120, lr=1e-3, rank=32,
                 schedules=[["repeated", 0.25], ["one pass", 0.25], ["repeated", 0.75], ["one pass", 0.75]],
-                heldout_tokens=4096, max_tests=None, max_controls=None, max_nll=None)
+                **C.FULL_EVAL)
 
 TITLE = "behavioural change vs number of examples"
 QUESTION = ("How many examples give a measurable behavioural change (10? 50? 500?), and what does it cost "
@@ -36,12 +36,8 @@ def run(args) -> dict:
     if len(ns) < len(b.ns):
         log(f"only {len(train)} training examples in {b.behaviour}: N capped ({ns})")
 
-    def measure():
-        return dict(rig.behaviour(b.behaviour, max_tests=b.max_tests, max_controls=b.max_controls, max_nll=b.max_nll),
-                    ppl=rig.ppl())
-
     rig.reset()
-    base = measure()
+    base = rig.scores(b)
     rows = [dict(schedule="before", n=0, steps=0, **base, ppl_change=0.0, seconds=0.0)]
     log(f"baseline: held-out pass {base['heldout_pass']:.2f}, controls {base['control_pass']:.2f}, "
         f"decision NLL {base['decision_nll']:.3f}, ppl {base['ppl']:.2f}")
@@ -53,7 +49,7 @@ def run(args) -> dict:
         tr = rig.trainer(lr=b.lr, rank=b.rank, replay_ratio=rr)
         steps = max(b.min_steps, n) if kind == "repeated" else n
         t = rig.teach(tr, train[:n], steps, label=f"run {i + 1}/{len(runs)} {sch} N={n}")
-        m = measure()
+        m = rig.scores(b)
         rows.append(dict(schedule=sch, replay_ratio=rr, n=n, steps=steps, **m, ppl_change=C.relative_change(base["ppl"], m["ppl"]),
                          seconds=t["wall_seconds"], loss_last=t["loss_last"], replay_chunks=t["replay_chunks"]))
         log(f"run {i + 1}/{len(runs)} {sch} N={n}: held-out pass {m['heldout_pass']:.2f}, controls "

@@ -20,9 +20,9 @@ from __future__ import annotations
 from . import common as C
 
 QUICK = C.Budget(behaviour="ticket-reply", other="format-rule", checkpoints=[1, 3], lr=1e-3, rank=32, replay_ratio=0.25,
-                 n_inputs=2, text_window=64, heldout_tokens=512, max_tests=4, max_controls=2, max_nll=4)
+                 n_inputs=2, text_window=64, **C.QUICK_EVAL)
 FULL = C.Budget(behaviour="ticket-reply", other="format-rule", checkpoints=[10, 30, 90], lr=1e-3, rank=32, replay_ratio=0.25,
-                n_inputs=8, text_window=128, heldout_tokens=4096, max_tests=None, max_controls=None, max_nll=None)
+                n_inputs=8, text_window=128, **C.FULL_EVAL)
 
 TITLE = "GDN recurrent states and attention outputs before/after training (hybrid model)"
 QUESTION = ("Does the Gated DeltaNet recurrent state on fixed inputs change after training, how much per layer, "
@@ -105,12 +105,8 @@ def run(args) -> dict:
                          for k in range(b.n_inputs)],
     }
 
-    def measure():
-        return dict(rig.behaviour(b.behaviour, max_tests=b.max_tests, max_controls=b.max_controls, max_nll=b.max_nll),
-                    ppl=rig.ppl())
-
     rig.reset()
-    m0 = measure()
+    m0 = rig.scores(b)
     before = {k: _capture(rig, v) for k, v in sets.items()}
     tr = rig.trainer(lr=b.lr, rank=b.rank, replay_ratio=b.replay_ratio)
     train = rig.behaviour_examples(b.behaviour, "train")
@@ -119,7 +115,7 @@ def run(args) -> dict:
         t = rig.teach(tr, train, cp - done, label=f"training to step {cp}", offset=done)
         losses += t["losses"]
         done = cp
-        ms[cp] = m1 = measure()
+        ms[cp] = m1 = rig.scores(b)
         after = {k: _capture(rig, v) for k, v in sets.items()}
         wd = rig.weight_delta()
         log(f"step {cp}: held-out pass {m1['heldout_pass']:.2f}, ppl {m1['ppl']:.2f}")

@@ -12,9 +12,9 @@ from __future__ import annotations
 from . import common as C
 
 QUICK = C.Budget(behaviour="ticket-reply", lrs=[1e-4, 1e-3], steps=3, rank=32, diverse_replay=0.25, extra_replays=[],
-                 heldout_tokens=512, max_tests=4, max_controls=2, max_nll=4, safe_ppl_rise=0.05)
+                 **C.QUICK_EVAL, safe_ppl_rise=0.05)
 FULL = C.Budget(behaviour="ticket-reply", lrs=[1e-5, 3e-5, 1e-4, 3e-4, 1e-3], steps=120, rank=32,
-                diverse_replay=0.25, extra_replays=[0.75], heldout_tokens=4096, max_tests=None, max_controls=None, max_nll=None,
+                diverse_replay=0.25, extra_replays=[0.75], **C.FULL_EVAL,
                 safe_ppl_rise=0.05)
 
 TITLE = "learning rate × data diversity: behaviour learned vs forgetting"
@@ -27,12 +27,8 @@ def run(args) -> dict:
     rig, log, out = C.start(args, "lr-sweep", b)
     train = rig.behaviour_examples(b.behaviour, "train")
 
-    def measure():
-        return dict(rig.behaviour(b.behaviour, max_tests=b.max_tests, max_controls=b.max_controls, max_nll=b.max_nll),
-                    ppl=rig.ppl())
-
     rig.reset()
-    base = measure()
+    base = rig.scores(b)
     log(f"baseline: held-out pass {base['heldout_pass']:.2f}, NLL {base['decision_nll']:.3f}, ppl {base['ppl']:.2f}")
     rows = []
     conds = {"narrow": 0.0, "diverse": b.diverse_replay, **{f"replay {r:.0%}": r for r in b.extra_replays}}
@@ -42,7 +38,7 @@ def run(args) -> dict:
         rr = conds[data]
         tr = rig.trainer(lr=lr, rank=b.rank, replay_ratio=rr)
         t = rig.teach(tr, train, b.steps, label=f"run {i + 1}/{len(runs)} lr {lr:g} {data}")
-        m = measure()
+        m = rig.scores(b)
         ch = C.relative_change(base["ppl"], m["ppl"])
         rows.append(dict(lr=lr, data=data, replay_ratio=rr, steps=b.steps, **m, ppl_change=ch,
                          safe=ch < b.safe_ppl_rise, learned=m["heldout_pass"] >= 0.5,

@@ -22,11 +22,10 @@ from . import common as C
 
 QUICK = C.Budget(behaviour="ticket-reply", n_pairs=4, pair_tokens=1, layer_sets=[[1, 2]], scales=[0.2],
                  train_prompts=2, epochs=1, samples_per_heldout=1, max_new_tokens=8, lr=1e-3, rank=32,
-                 replay_ratio=0.25, heldout_tokens=512, max_tests=4, max_controls=2, max_nll=4)
+                 replay_ratio=0.25, **C.QUICK_EVAL)
 FULL = C.Budget(behaviour="ticket-reply", n_pairs=48, pair_tokens=1, layer_sets=[[1], [2], [1, 2]],
                 scales=[0.1, 0.2, 0.35, 0.5], train_prompts=48, epochs=2, samples_per_heldout=2, max_new_tokens=16,
-                lr=1e-3, rank=32, replay_ratio=0.25, heldout_tokens=4096, max_tests=None, max_controls=None,
-                max_nll=None)
+                lr=1e-3, rank=32, replay_ratio=0.25, **C.FULL_EVAL)
 
 TITLE = "steering vector vs the same behaviour trained into the weights"
 QUESTION = ("Does a steering vector give the behaviour, and when its effect is trained into the weights (the vector "
@@ -153,8 +152,7 @@ def run(args) -> dict:
     def evaluate(label, steered: bool):
         ctx = steer() if steered else _Null()
         with ctx:
-            r = rig.behaviour(b.behaviour, max_tests=b.max_tests, max_controls=b.max_controls, max_nll=b.max_nll)
-            r["ppl"] = rig.ppl()
+            r = rig.scores(b)
         log(f"{label}: held-out pass {r['heldout_pass']:.2f}, controls {r['control_pass']:.2f}, reply NLL "
             f"{r['decision_nll']:.3f}, ppl {r['ppl']:.2f}")
         return r
