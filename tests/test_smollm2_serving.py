@@ -21,8 +21,8 @@ pytestmark = pytest.mark.vllm
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # 4 passes, each over the 8 training paraphrases and 4 rehearsed answers (scripts/demo.py ANCHOR_Q),
-# = 24 steps of 2 (+ 2 replay). Measured twice (recipe f22edde9f58a; a server without a client, and
-# this test): held-out paraphrases 0/4 -> 4/4, general questions kept 8/8; without the rehearsal 6/8.
+# = 24 steps of 2 (+ 2 replay). Measured four times (recipe f22edde9f58a; a server without a client,
+# and this test): held-out paraphrases 0/4 -> 4/4, general questions kept 8/8; without the rehearsal 6/8.
 EPOCHS = 4
 
 
@@ -83,8 +83,8 @@ def test_teach_a_fact_while_serving(smol_server, demo, results):
     assert res["steps"] >= EPOCHS * len(demo.TRAIN_Q) // 2 and st["skipped_steps"] == 0 and st["failed_steps"] == 0
     assert res["requests_served"] > 0
     assert res["fact_hits"] >= 3, res  # measured 4/4 (EPOCHS)
-    # measured 8/8 with the rehearsal (two runs; 6/8 without): the margin stays until more runs agree
-    assert res["general_kept"] >= res["general_ok_before"] - 2, res
+    # measured 8/8 with the rehearsal in every run so far (four at 4 passes, one at 6; 6/8 without it)
+    assert res["general_kept"] >= res["general_ok_before"] - 1, res
     assert res["ppl_after"] < res["ppl_before"] * 1.05, res
 
 
