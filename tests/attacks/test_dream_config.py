@@ -117,3 +117,31 @@ def test_cli_bad_config_file_exits_2(tmp_path, capsys):
     assert "dream.judge must be one of" in capsys.readouterr().err and not db.exists()
     assert main(["--config", str(tmp_path / "missing.toml"), "--cycles", "1"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_an_invalid_dream_config_is_not_told_to_a_caller_without_the_key(tmp_path, monkeypatch):
+    """With a [dream] config that fails to load, ``GET /v1/dream/status`` answered 500 with the
+    loader's message (it names the server's files and settings) before it looked at the key."""
+    import hashlib
+    import types
+
+    from fastapi import APIRouter, FastAPI
+    from fastapi.testclient import TestClient
+
+    from plasticity.dream import server as dream_server
+
+    cfgp = tmp_path / "p.toml"
+    cfgp.write_text(f'[dream]\ndb = "{tmp_path / "secret-store.sqlite"}"\nwalk_length = 9\n')
+    monkeypatch.setenv("PLASTICITY_CONFIG", str(cfgp))
+    monkeypatch.setattr(dream_server, "_CFG", None)
+    monkeypatch.setattr(dream_server, "_CFG_ERROR", None)
+    r = APIRouter()
+    dream_server.attach(r, types.SimpleNamespace(tokens=[hashlib.sha256(b"k").digest()]))
+    app = FastAPI()
+    app.include_router(r)
+    c = TestClient(app)
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        res = c.get("/v1/dream/status", headers=headers)
+        assert res.status_code == 401 and "walk_length" not in res.text, res.text
+    res = c.get("/v1/dream/status", headers={"Authorization": "Bearer k"})
+    assert res.status_code == 500 and "walk_length" in res.text, res.text

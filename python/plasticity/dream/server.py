@@ -10,8 +10,8 @@ Wiring (in ``plasticity/training/routes.py``)::
     from plasticity.dream import server as dream_server
     await dream_server.init_state(self, engine_client, args)
 
-``GET /v1/dream/status`` answers 404 unless ``[dream] db`` is set, needs the server's API
-key when one is set, and returns :func:`plasticity.dream.status.status_dict` (read from
+``GET /v1/dream/status`` answers 404 unless ``[dream] db`` is set (or the ``[dream]`` config is
+invalid: 500, after the key check), needs the server's API key when one is set, and returns :func:`plasticity.dream.status.status_dict` (read from
 SQLite, so it also reports a loop run by ``plasticity dream`` in another process) plus the
 background runner's state. The runner starts only with ``[dream] enabled = true``, a
 schedule other than ``manual`` and ``[training] enabled = true``; it is a daemon thread
@@ -134,10 +134,11 @@ def attach(router, plugin) -> None:
     @router.get("/v1/dream/status")
     async def dream_status(request: Request):
         cfg = config()
-        if cfg is None:
-            return err(f"the [dream] config is invalid: {_CFG_ERROR}", 500)
-        if cfg.db is None:
+        if cfg is not None and cfg.db is None:
             return err("the dream loop is not configured; set [dream] db in the plasticity config", 404)
+        # the key before the config's error: that message names the server's files and settings
         if _unauthorised(plugin, request):
             return err("dream routes need the server's API key (Authorization: Bearer ...)", 401)
+        if cfg is None:
+            return err(f"the [dream] config is invalid: {_CFG_ERROR}", 500)
         return await asyncio.to_thread(status_dict, cfg)
