@@ -106,9 +106,10 @@ def _steering_server(vllm_servers, tmp_path_factory, key, env, extra_args=(), dt
     vLLM CPU's torch.compile warm-up is most of a start (qwen3-tiny: 113 s compiled on a cold cache,
     78 s warm, 57 s eager, measured on 2 cores), so only the servers whose subject includes the
     compiled graph run compiled: vanilla and steered serving, the training server (in-place updates
-    seen by compiled code), the hybrid, and SmolLM2 (the main job's configuration). The others test
-    HTTP and bookkeeping logic (snapshots, dreams, LoRA slots, bf16 numerics), which does not change
-    with the mode."""
+    seen by compiled code), the hybrid, SmolLM2 (the main job's configuration) and the LoRA server
+    (its test served adapters for 177 s compiled, 219-257 s eager: more than the start saves). The
+    others test HTTP and bookkeeping logic (snapshots, dreams, bf16 numerics), which does not
+    change with the mode."""
     from vllm_server import VLLMServer
 
     if srv := vllm_servers.running(key):
@@ -274,8 +275,7 @@ def lora_server(vllm_servers, tmp_path_factory, trained_snapshots):
     cfg.write_text(cfg.read_text() + f"\n[snapshots]\nserve_max = {LORA_SLOTS}\nserve_max_rank = {LORA_RANK}\n")
     env = {**ts.plugin_env(cfg), "VLLM_SERVER_DEV_MODE": "1"}
     srv = _steering_server(vllm_servers, tmp_path_factory, key, env, extra_args=(
-        "--api-key", ts.API_KEY, "--enable-lora", "--max-loras", str(LORA_SLOTS + 1), "--max-lora-rank", str(LORA_RANK)),
-        eager=True)
+        "--api-key", ts.API_KEY, "--enable-lora", "--max-loras", str(LORA_SLOTS + 1), "--max-lora-rank", str(LORA_RANK)))
     srv.served_model_name = srv.model
     srv.root = root
     return srv
