@@ -71,11 +71,9 @@ def test_mood_steering_both_ways_and_nothing_leaks(smol_server, demo):
 
 @pytest.mark.slow
 def test_teach_a_fact_while_serving(smol_server, demo, results):
-    # A question every 6 s, not the demo's every 1 s: each answer still overlaps training (the
-    # duty cycle and the serving lock are exercised), but training keeps most of the wall time,
-    # which makes this, the CI's longest test, much shorter. What the figures asserted below depend
-    # on is the training data and order, not the client's pace.
-    res = demo.training(smol_server, smol_server.served, epochs=EPOCHS, client_every_s=6.0)
+    # the demo's client pace (a question every 6 s, demo.CLIENT_EVERY_S); the figures asserted below
+    # depend on the training data and order, not on that pace
+    res = demo.training(smol_server, smol_server.served, epochs=EPOCHS)
     results["training"] = res
     print("\nSMOLLM2 TRAINING", {k: v for k, v in res.items() if k not in ("fact", "general", "status")})
     st = res["status"]
