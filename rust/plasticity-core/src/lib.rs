@@ -9,6 +9,8 @@
 //! - [`lowrank`]: truncated SVD of a weight delta into LoRA factors.
 //! - [`element`]: weight dtypes and (stochastic) rounding.
 //! - [`steering`]: per-token steering-vector addition into the residual stream.
+//! - [`safetensors_file`]: safetensors headers validated in full, files read one
+//!   tensor at a time and written atomically (on the `safetensors` crate).
 
 pub mod apollo;
 pub mod element;
@@ -16,6 +18,7 @@ pub mod error;
 pub mod lowrank;
 pub mod merge;
 pub mod rng;
+pub mod safetensors_file;
 pub mod steering;
 
 pub use apollo::{
