@@ -231,6 +231,26 @@ def test_writer_roundtrip_and_atomicity(tmp_path):
     assert [q.name for q in tmp_path.iterdir()] == ["x.safetensors"]
 
 
+def test_reader_from_threads_and_after_close(tmp_path):
+    """Reads run in Rust with the GIL released: several threads at once get their own tensors."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    t = {f"t{i}": _rand((64, 33), i) for i in range(8)} | {"h": _rand((5, 7), 99).bfloat16()}
+    p = tmp_path / "r.safetensors"
+    save_file(p, t)
+    f = SafetensorsFile(p)
+    names = list(t) * 4
+    with ThreadPoolExecutor(4) as ex:
+        got = list(ex.map(f.get, names))
+    assert all(torch.equal(g, t[n]) for g, n in zip(got, names))
+    assert torch.equal(f.get_mapped("h"), t["h"])
+    f.close()
+    f.close()
+    for read in (f.get, f.get_mapped):
+        with pytest.raises(TaskVectorError, match="file is closed"):
+            read("t0")
+
+
 def _toy_models(tmp_path, dtype=torch.float32):
     names = {"emb": (64, 16), "l.0.w": (16, 16), "l.0.n": (16,), "l.1.w": (16, 32)}
     base = {n: _rand(s, i, std=0.05).to(dtype) for i, (n, s) in enumerate(names.items())}

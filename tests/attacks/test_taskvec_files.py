@@ -94,6 +94,11 @@ def test_duplicate_tensor_names(good):
     _refused(good, _st({}, raw_header=f'{{"x": {e}, "x": {e}}}'.encode(), data=b"\0" * 4), "duplicate key 'x'")
 
 
+def test_duplicate_key_inside_an_entry(good):
+    h = b'{"x": {"dtype": "F32", "dtype": "F7", "shape": [1], "data_offsets": [0, 4]}}'
+    _refused(good, _st({}, raw_header=h, data=b"\0" * 4), "duplicate key 'dtype'")
+
+
 def test_unknown_dtype(good):
     _refused(good, _st({"a.weight": {"dtype": "F7", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4),
              "unknown dtype 'F7'")

@@ -1,6 +1,7 @@
 //! `plasticity._plasticity`: the thin PyO3 layer over plasticity-core.
 //!
-//! Everything here borrows torch tensors zero-copy (see `tensor`), checks them,
+//! Everything here borrows torch tensors zero-copy (see `tensor`; safetensors
+//! file I/O takes Python buffers, see `safetensors_file`), checks them,
 //! releases the GIL and calls the core. Python-side conveniences live in
 //! `python/plasticity/`.
 
@@ -20,6 +21,7 @@ mod apollo;
 mod apollo_sharded;
 mod lowrank;
 mod merge;
+mod safetensors_file;
 mod steering;
 mod tensor;
 
@@ -47,5 +49,10 @@ fn _plasticity(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(merge::tv_paper_keep_count, m)?)?;
     m.add_function(wrap_pyfunction!(merge::tv_paper_sign_sum, m)?)?;
     m.add_function(wrap_pyfunction!(merge::tv_ties_paper, m)?)?;
+    m.add("ST_MAX_HEADER_BYTES", plasticity_core::safetensors_file::MAX_HEADER_BYTES)?;
+    m.add_function(wrap_pyfunction!(safetensors_file::st_read_header, m)?)?;
+    m.add_function(wrap_pyfunction!(safetensors_file::st_dtypes, m)?)?;
+    m.add_class::<safetensors_file::SafetensorsFileReader>()?;
+    m.add_class::<safetensors_file::SafetensorsFileWriter>()?;
     Ok(())
 }
