@@ -42,7 +42,7 @@ pub use safetensors::Dtype;
 pub use writer::{SafetensorsWriter, TensorSpec};
 
 /// The longest header JSON accepted, in bytes: the safetensors crate's own
-/// limit (`MAX_HEADER_SIZE`, private there; [`tests`] checks it agrees).
+/// limit (`MAX_HEADER_SIZE`, private there; a unit test checks they agree).
 pub const MAX_HEADER_BYTES: u64 = 100_000_000;
 
 /// Every dtype of the safetensors crate this module was written against, in
