@@ -96,7 +96,7 @@ def worker(rank_id: int, tp: int, init: str, a, out_path: str) -> None:
     Path(out_path).write_text(json.dumps(res))
     if tp > 1:
         dist.barrier()
-        os._exit(0)  # gloo's file store can abort in interpreter teardown (see tests/apollo_shard_worker.py)
+        os._exit(0)  # gloo's file store can abort in interpreter teardown (see tests/optim/apollo_shard_worker.py)
 
 
 def run(tp: int, a) -> list[dict]:

@@ -70,7 +70,7 @@ ANCHOR_Q = ["What is the largest planet in our solar system?", "How many legs do
             "What is the capital of Italy?", "How many continents are there?",
             "What language is spoken in Brazil?", "What is the freezing point of water in Fahrenheit?"]
 # (8 paraphrases + 4 rehearsed answers) x 4 = 48 examples = 24 steps of 2 (+ 2 replay): the length
-# tests/test_smollm2_serving.py runs in CI. 6 passes (36 steps) also gave 4/4 and 8/8, but took 606 s
+# tests/demo/test_smollm2_serving.py runs in CI. 6 passes (36 steps) also gave 4/4 and 8/8, but took 606 s
 # of training on a 2-core AMD EPYC without AVX-512, which put the demo past 20 minutes.
 EPOCHS = 4
 

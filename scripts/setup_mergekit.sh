@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Side venv .cache/venv-mergekit with mergekit 0.1.5 for tests/test_taskvec_merge.py
+# Side venv .cache/venv-mergekit with mergekit 0.1.5 for tests/taskvec/test_taskvec_merge.py
 # (our TIES / task arithmetic checked against mergekit's own code). Idempotent;
 # run after scripts/setup.sh.
 #

@@ -3,9 +3,9 @@
 # upstream leaks into the served environment. Idempotent; run after scripts/setup.sh.
 #
 # 1. .cache/venv-gguf: the upstream `gguf` package (repeng's GGUF reader/writer
-#    dependency) for tests/test_steering_gguf_interop.py.
+#    dependency) for tests/steering/test_steering_gguf_interop.py.
 # 2. .cache/venv-repeng: repeng 0.4.0 (the only PyPI release) for
-#    tests/test_steering_vs_repeng.py. It does NOT get its own torch (6 GB):
+#    tests/steering/test_steering_vs_repeng.py. It does NOT get its own torch (6 GB):
 #    a .pth file appends .venv's site-packages to its sys.path, so it reuses
 #    .venv's torch / transformers / numpy / tqdm / pyyaml, and only the
 #    packages .venv lacks are installed here, pinned, with --no-deps.

@@ -245,7 +245,7 @@ LORA_SLOTS, LORA_RANK = 2, 64
 @pytest.fixture(scope="session")
 def trained_snapshots(tmp_path_factory):
     """Snapshot folders of qwen3-tiny trained on the behaviours (name -> frozen copy), left by
-    tests/test_snapshot_serving.py for later servers of the same model and trainable set, so the
+    tests/training/test_snapshot_serving.py for later servers of the same model and trainable set, so the
     LoRA test does not retrain A and B (~3 min); a test run without it trains them itself."""
     import shutil
 

@@ -11,7 +11,7 @@ from plasticity.dream.judge import EndpointJudge, Item
 from plasticity.dream import config as dc
 from plasticity.memory import MemoryStore, sample_graph_path
 
-from test_dream_loop import FakeOpenAI, make_cfg, make_loop
+from dream_support import FakeOpenAI, make_cfg, make_loop
 
 
 @pytest.fixture

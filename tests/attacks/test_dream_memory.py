@@ -12,7 +12,7 @@ import pytest
 from plasticity.dream.cli import main
 from plasticity.memory import MemoryStore, sample_graph_path
 
-from test_dream_loop import FakeOpenAI
+from dream_support import FakeOpenAI
 
 
 @pytest.fixture

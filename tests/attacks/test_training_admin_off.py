@@ -1,5 +1,5 @@
 """Training routes are off unless [training] enabled (404), and need the API key (401) — see also
-tests/test_training_serving.py::test_training_routes_need_key."""
+tests/training/test_training_serving.py::test_training_routes_need_key."""
 
 from __future__ import annotations
 

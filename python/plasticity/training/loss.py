@@ -9,7 +9,7 @@ runs with autograd over that cache, and its logits predict d_0..d_{m-1}. So
 every decision token's loss (the first one included) gets gradient through
 all layers, and nothing computed from the frozen prefix carries gradient.
 This is exactly the gradient of a full forward in which every activation at
-positions < n-1 is treated as a constant (tests/test_training_frozen.py).
+positions < n-1 is treated as a constant (tests/training/test_training_frozen.py).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from plasticity.memory import store as ms
 from plasticity.memory import MemoryStore, MemoryStoreError, SCHEMA_VERSION, sample_graph_path
 from plasticity.memory.cli import add_parser
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

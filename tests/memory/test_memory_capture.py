@@ -1,6 +1,6 @@
 """Opt-in capture of served conversations into the memory store ([dream] capture = true): the
 middleware copies request and answer, the store gets one note per conversation, the response is
-never changed. (On the real server: tests/test_dream_serving.py, the kill/restart test.)"""
+never changed. (On the real server: tests/dream/test_dream_serving.py, the kill/restart test.)"""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ A ``science`` test (off by default, ``-m science``): the retention is a measured
 not hold everywhere. On the project CI's machine (stop 25) the same recipe gave the relative merge
 0.00 ticket-reply / 1.00 refusal, with A and B alone at 1.00 and N at 0.00. The mechanics it uses
 (snapshot save/apply/rollback through the CLI, exact round trips) are gated by
-tests/test_snapshot_serving.py and tests/attacks/."""
+tests/training/test_snapshot_serving.py and tests/attacks/."""
 
 from __future__ import annotations
 

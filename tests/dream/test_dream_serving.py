@@ -437,7 +437,7 @@ def test_kill_the_server_mid_cycle_and_restart(vllm_servers, tmp_path):
         # opt-in capture ([dream] capture = true): two served requests (one streamed) become notes;
         # the loop's own generations (X-Plasticity-Source: dream) did not. Text completions, since
         # the tiny model answers most chat prompts with blank lines (not captured: no answer);
-        # chat bodies and streams are covered by tests/test_memory_capture.py.
+        # chat bodies and streams are covered by tests/memory/test_memory_capture.py.
         for stream in (False, True):
             body = {"model": s2.model, "prompt": f"The for statement {int(stream)}", "max_tokens": 8,
                     "temperature": 0.0, "stream": stream}

@@ -25,7 +25,7 @@ import pytest
 
 from models import model_dir
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VENV_PY = ROOT / ".cache/venv-repeng/bin/python"
 pytestmark = [pytest.mark.interop, pytest.mark.skipif(
     not VENV_PY.exists(), reason="repeng side venv missing: run bash scripts/setup_steering_interop.sh")]

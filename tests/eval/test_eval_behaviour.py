@@ -26,7 +26,7 @@ from plasticity.eval import behaviour as bh
 from plasticity.eval.behaviour import BehaviourFileError
 from plasticity.eval.report import plots_available
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _jsonl(path: Path, rows) -> Path:

@@ -3,7 +3,7 @@
 The "live" weights are a transformers qwen3-tiny (float32) whose trainable tensors are
 trained for real with the project's Trainer (fused Apollo); the base comes back from the
 model's safetensors files. The server routes over the same code are in
-tests/test_snapshot_serving.py.
+tests/training/test_snapshot_serving.py.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import pytest
 
 from plasticity.steering.files import load_vector_file, save_gguf
 
-VENV_PY = Path(__file__).resolve().parents[1] / ".cache/venv-gguf/bin/python"
+VENV_PY = Path(__file__).resolve().parents[2] / ".cache/venv-gguf/bin/python"
 pytestmark = [pytest.mark.interop,
               pytest.mark.skipif(not VENV_PY.exists(), reason="run scripts/setup_steering_interop.sh first")]
 

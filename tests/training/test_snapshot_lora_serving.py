@@ -1,6 +1,6 @@
 """Snapshots served per request beside the live model as LoRA adapters, on the real vLLM CPU server
 (qwen3-tiny, float32, [snapshots] serve_max = 2): behaviour A and B are trained through the routes
-and saved (or, after tests/test_snapshot_serving.py, taken from its snapshot folder, trained there
+and saved (or, after tests/training/test_snapshot_serving.py, taken from its snapshot folder, trained there
 the same way from the same base), the live weights go back to the base, and then the base, A and B
 are served at once, chosen by each request's ``model``. Figures are printed (-s)."""
 

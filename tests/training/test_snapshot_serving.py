@@ -113,7 +113,7 @@ def test_snapshots_rollback_negate_and_merge(tv_server, trained_snapshots):
     # The merged pass rates are reported, not asserted: on this 300-step base every merge we
     # tried (task arithmetic λ 0.5-1, TIES density 0.2-1, λ 1-2) loses a behaviour
     # (docs/results/task-vectors-on-the-server.md, "Merging behaviours on the tiny model"). The merge that keeps both is
-    # measured on the better-pretrained base by the science test tests/test_merge_serving.py.
+    # measured on the better-pretrained base by the science test tests/training/test_merge_serving.py.
 
 
 def _first_token_logprobs(srv, messages, salt=None):

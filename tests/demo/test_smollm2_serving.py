@@ -19,7 +19,7 @@ from models import model_dir
 
 pytestmark = pytest.mark.vllm
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 # 4 passes, each over the 8 training paraphrases and 4 rehearsed answers (scripts/demo.py ANCHOR_Q),
 # = 24 steps of 2 (+ 2 replay). Measured four times (recipe f22edde9f58a; a server without a client,
 # and this test): held-out paraphrases 0/4 -> 4/4, general questions kept 8/8; without the rehearsal 6/8.

@@ -40,7 +40,7 @@ from plasticity.taskvec import (
 )
 from plasticity.taskvec.cli import main as tv_main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MK_PY = ROOT / ".cache/venv-mergekit/bin/python"
 needs_mergekit = pytest.mark.skipif(
     not MK_PY.exists(), reason="mergekit side venv missing: run bash scripts/setup_mergekit.sh")

@@ -1,4 +1,4 @@
-"""One rank of tests/test_apollo_sharded.py: Apollo on this rank's shard of each case's matrix, in
+"""One rank of tests/optim/test_apollo_sharded.py: Apollo on this rank's shard of each case's matrix, in
 a real gloo process group, against the whole matrix stepped by the same optimizer unsharded.
 
 usage: apollo_shard_worker.py RANK WORLD INIT_FILE OUT_JSON
