@@ -230,8 +230,9 @@ def test_bad_training_autocast_is_refused_in_the_config(value):
     assert len(str(e.value)) < 300  # a huge value is not echoed back whole
 
 
-@pytest.mark.parametrize("value", [-1, 10_001, float("nan"), float("inf"), "0", True, None, [0]])
+@pytest.mark.parametrize("value", [-1, 0, 1, 10_001, float("nan"), float("inf"), "0", True, None, [0]])
 def test_bad_training_rpc_spin_ms_is_refused_in_the_config(value):
+    """0 and 1 ms included: with that little spin vLLM's worker misses back-to-back RPCs for 5 s."""
     from plasticity.training import config as tc
 
     with pytest.raises(ValueError, match="rpc_spin_ms"):

@@ -66,6 +66,19 @@ def test_training_routes_need_key(train_server):
     assert code == 401
 
 
+def test_decode_steps_do_not_wait_for_the_rpc_recheck(train_server):
+    """Each decode step is an RPC to the worker sent right after the last one; a worker that does
+    not spin after an RPC misses its wake-up and sleeps vLLM's 5 s recheck (24 tokens took 20-45 s
+    with ``rpc_spin_ms = 0``, 0.17 s with a spin). The bound is 20x the healthy time, far from noise."""
+    ts.status(train_server)  # the first training RPC sets the spin
+    for i in range(3):
+        t0 = time.monotonic()
+        _, n = ts.chat(train_server, f"Tell me about item {i}.", n=24)
+        took = time.monotonic() - t0
+        assert took < 4.0, f"{n} tokens took {took:.1f} s: decode steps waited for vLLM's RPC recheck"
+        time.sleep(0.3)
+
+
 def _worker_main_thread_cpu_s(srv) -> float:
     """CPU seconds of the model worker's main thread (the one that answers vLLM's RPCs)."""
     import psutil
@@ -77,8 +90,8 @@ def _worker_main_thread_cpu_s(srv) -> float:
 
 
 def test_an_idle_worker_sleeps_while_the_status_is_polled(train_server):
-    """``rpc_spin_ms`` = 0 (the default): between RPCs vLLM's worker sleeps. With vLLM's own
-    1 s spin after every RPC, anything polling the status more than once a second kept the
+    """``rpc_spin_ms`` = 20 (the default): after an RPC vLLM's worker spins 20 ms, then sleeps. With
+    vLLM's own 1 s spin after every RPC, anything polling the status more than once a second kept the
     worker's main thread busy-waiting on a core that training needs (scripts/bench_training.py:
     the same steps 25-30% slower in an idle server than offline)."""
     ts.status(train_server)  # the training state exists, so the spin is already set
