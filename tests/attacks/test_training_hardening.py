@@ -1,5 +1,5 @@
 """Hostile or unlucky input to online training, each refused or survived without losing an
-acknowledged example: repeated client ids, absurd nesting, absurd settings, a step that fails, and
+acknowledged example: repeated client ids, bad example lookups, absurd nesting, absurd settings, a step that fails, and
 a held-out text too short to evaluate. Route cases run the real routes in a FastAPI app with a
 stand-in engine; the crash test is in test_training_crash_recovery.py."""
 
@@ -83,6 +83,48 @@ def test_ids_the_server_assigns_never_collide(client):
     ids = [c.post("/v1/training/examples", json=[_ex(i), _ex(i)]).json()["ids"] for i in range(3)]
     flat = [i for pair in ids for i in pair]
     assert len(set(flat)) == 6 and _journal_ids(journal) == flat
+
+
+def test_lookup_reports_each_ids_state_across_a_restart(client):
+    """What the dream loop reads after a crash: accepted ids are journaled, the trainer's done
+    records (a torn last line ignored until it is whole) give their status, others are unknown."""
+    c, routes, journal = client
+    assert c.post("/v1/training/examples", json=[_ex(1, id="a"), _ex(2, id="b"), _ex(3, id="c")]).status_code == 202
+    done = journal.with_name(journal.name + ".done")
+    done.write_text('{"id": "a", "step": 1, "status": "trained"}\n{"id": "b", "step": 1, "sta')
+    body = {"ids": ["a", "b", "c", "never-sent"]}
+    r = c.post("/v1/training/examples/lookup", json=body)
+    assert r.status_code == 200 and r.json()["examples"] == {"a": "trained", "b": "journaled", "c": "journaled",
+                                                             "never-sent": "unknown"}
+    with open(done, "a") as f:
+        f.write('tus": "skipped"}\n')
+    assert c.post("/v1/training/examples/lookup", json=body).json()["examples"]["b"] == "skipped"
+    routes.known_ids, routes.done_status = set(), {}
+    routes.done_tail = type(routes.done_tail)(done)
+    routes.load_known_ids()  # what init_state does at the next start
+    assert c.post("/v1/training/examples/lookup", json=body).json()["examples"] == {
+        "a": "trained", "b": "skipped", "c": "journaled", "never-sent": "unknown"}
+
+
+@pytest.mark.parametrize("body", [
+    [1, 2], {"ids": "a"}, {"ids": []}, {"ids": [5]}, {"ids": ["../etc/passwd"]}, {"ids": ["x" * 129]},
+    {"ids": [f"id-{i}" for i in range(1001)]}, {"id": ["a"]},
+], ids=["list", "ids_string", "ids_empty", "id_not_string", "id_path", "id_too_long", "1001_ids", "wrong_key"])
+def test_lookup_refuses_bad_bodies(client, body):
+    c, routes, journal = client
+    r = c.post("/v1/training/examples/lookup", json=body)
+    assert r.status_code == 400 and "ids" in r.json()["error"]["message"]
+    assert len(r.text) < 500  # the 1001 ids are not echoed back
+
+
+def test_lookup_needs_the_servers_key(client):
+    import hashlib
+
+    c, routes, journal = client
+    routes.tokens = [hashlib.sha256(b"k3y").digest()]
+    assert c.post("/v1/training/examples/lookup", json={"ids": ["a"]}).status_code == 401
+    r = c.post("/v1/training/examples/lookup", json={"ids": ["a"]}, headers={"Authorization": "Bearer k3y"})
+    assert r.status_code == 200 and r.json()["examples"] == {"a": "unknown"}
 
 
 @pytest.mark.parametrize("ctype,body", [

@@ -1,5 +1,5 @@
-"""The append-only, fsync'd JSONL journals (accepted examples, done records) and the text
-reader for replay and held-out files."""
+"""The append-only, fsync'd JSONL journals (accepted examples, done records), an incremental
+reader of them, and the text reader for replay and held-out files."""
 
 from __future__ import annotations
 
@@ -46,4 +46,32 @@ class Journal:
                 out.append(json.loads(line))
             except ValueError:
                 continue  # a torn last line after a crash: that record was never acknowledged
+        return out
+
+
+class JournalTail:
+    """Reads the complete new lines of an append-only JSONL journal, each call only what was
+    appended since the last (a torn last line is kept back until its newline arrives)."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset, self.buf = Path(path), 0, b""
+
+    def read_new(self) -> list[dict]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        self.offset += len(data)
+        lines = (self.buf + data).split(b"\n")
+        self.buf = lines.pop()  # the part after the last newline: incomplete (or empty)
+        out = []
+        for line in lines:
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(doc, dict):
+                out.append(doc)
         return out

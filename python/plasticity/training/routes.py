@@ -9,6 +9,12 @@
   was accepted before (the journal's ids, across restarts) → 409 naming the ids, nothing stored:
   every acknowledged example is trained, none is dropped as a duplicate. Accepted ones are appended to the journal and
   fsync'd, then queued in the worker(s); the reply is 202 ``{"ids": [...]}``.
+- ``POST /v1/training/examples/lookup``  ``{"ids": [...]}`` (at most 1000 client ids) →
+  ``{"examples": {id: state}}``, state ``unknown`` (never accepted), ``journaled`` (accepted, not
+  trained yet) or the trainer's last done status (``trained``, ``skipped``, ``discarded``,
+  ``failed``; after a restart without a checkpoint a ``trained`` example is trained again).
+  What a client that sends its own ids (the dream loop) needs to recover its bookkeeping after a
+  crash without reading the server's files.
 - ``GET  /v1/training/status``      step, loss, queued/done, tokens/s, held-out perplexity
 - ``POST /v1/training/pause``, ``POST /v1/training/resume``
 
@@ -21,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import threading
 import time
 import uuid
 
@@ -32,9 +39,10 @@ from plasticity.http.body import MAX_BODY, BodyError, json_object, loads
 from plasticity.http.errors import error_response as _err
 from plasticity.http.errors import private_dir
 from plasticity.training import config as training_config
-from plasticity.training.journal import Journal
+from plasticity.training.journal import Journal, JournalTail
 
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}", re.ASCII)
+MAX_LOOKUP_IDS = 1000
 log = logging.getLogger("vllm.plasticity.training")
 
 
@@ -52,6 +60,10 @@ class TrainingRoutes:
         self.tok = None
         self.journal = Journal(self.cfg.journal) if (self.cfg.enabled and self.cfg.journal) else None
         self.known_ids: set[str] = set()
+        # the trainer's done records (written by the worker), read incrementally for lookups
+        self.done_tail = JournalTail(self.cfg.done_journal) if self.journal is not None else None
+        self.done_status: dict[str, str] = {}
+        self.done_lock = threading.Lock()  # lookups read the tail from worker threads
         self.version = None  # reads the live weights' version (prefix-cache salt), once training runs
         self.accepted = 0
         for d in (self.cfg.journal, self.cfg.snapshot_dir, self.cfg.checkpoint_dir, self.cfg.source):
@@ -182,6 +194,18 @@ class TrainingRoutes:
                                    + (bad[0].get("error", "") if bad else f"queue full for {len(full)}"))
             return JSONResponse(body, status_code=202)
 
+        @r.post("/v1/training/examples/lookup")
+        async def lookup(request: Request):
+            if (g := plugin._guard(request)) is not None:
+                return g
+            doc = await json_object(request)
+            ids = doc.get("ids") if doc is not None else None
+            if not (isinstance(ids, list) and 0 < len(ids) <= MAX_LOOKUP_IDS
+                    and all(isinstance(i, str) and ID_RE.fullmatch(i) for i in ids)):
+                return _err(f'body must be {{"ids": [1 to {MAX_LOOKUP_IDS} example ids]}}', 400)
+            await asyncio.to_thread(plugin.refresh_done)
+            return {"examples": {i: plugin.example_state(i) for i in ids}}
+
         @r.get("/v1/training/status")
         async def status(request: Request):
             if (g := plugin._guard(request)) is not None:
@@ -253,6 +277,20 @@ class TrainingRoutes:
         """The ids of every example the journal holds (accepted before this start included)."""
         if self.journal is not None:
             self.known_ids = {r["id"] for r in self.journal.read() if isinstance(r.get("id"), str)}
+
+    def refresh_done(self) -> None:
+        """Read the done records the trainer appended since the last call (the last one wins)."""
+        if self.done_tail is None:
+            return
+        with self.done_lock:
+            for r in self.done_tail.read_new():
+                if isinstance(r.get("id"), str):
+                    self.done_status[r["id"]] = str(r.get("status", "trained"))
+
+    def example_state(self, rid: str) -> str:
+        if rid in self.done_status:
+            return self.done_status[rid]
+        return "journaled" if rid in self.known_ids else "unknown"
 
     def duplicates(self, recs: list[dict]) -> list[str]:
         """Ids of ``recs`` that repeat inside ``recs`` or are already in the journal."""
