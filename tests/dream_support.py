@@ -1,8 +1,11 @@
-"""A fake OpenAI-compatible plasticity server (journal + done journal like the real one) and the
-dream-loop builders that tests/dream/ and tests/attacks/ share."""
+"""A fake OpenAI-compatible plasticity server (journal, done journal, 409 on a repeated id and the
+lookup route, through the real TrainingRoutes code), the dream-loop builders that tests/dream/ and
+tests/attacks/ share, and ServerTokens: what the server journals for an example, for tests that
+check a journal by content."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import types
@@ -14,14 +17,39 @@ from pathlib import Path
 
 from plasticity.dream import config as dc
 from plasticity.dream.client import ServerClient
-from plasticity.dream.journals import ServerTokens
 from plasticity.dream.loop import DreamLoop
 from plasticity.dream.novelty import HashEmbedder
 from plasticity.training import config as training_config
+from plasticity.training.journal import JournalTail
+from plasticity.training.routes import ID_RE, MAX_LOOKUP_IDS, TrainingRoutes
+
+
+def token_key(context_ids, decision_ids) -> str:
+    """The content key of a journal record: sha256 of its token ids."""
+    return hashlib.sha256(json.dumps([list(map(int, context_ids)), list(map(int, decision_ids))],
+                                     separators=(",", ":")).encode()).hexdigest()
+
+
+class ServerTokens:
+    """The token ids the server journals for an example: ``TrainingRoutes.tokenize`` itself."""
+
+    def __init__(self, tokenizer):
+        self.ns = types.SimpleNamespace(cfg=types.SimpleNamespace(max_decision_tokens=10**9,
+                                                                  max_example_tokens=10**9), tok=tokenizer)
+
+    @classmethod
+    def load(cls, path: str) -> "ServerTokens":
+        from transformers import AutoTokenizer
+
+        return cls(AutoTokenizer.from_pretrained(path))
+
+    def key(self, context, decision: str) -> str:
+        rec = TrainingRoutes.tokenize(self.ns, 0, {"context": context, "decision": decision})
+        return token_key(rec["context"], rec["decision"])
 
 
 class FakeTok:
-    """Stands in for the model's tokenizer on both sides (server journal and the loop's matching)."""
+    """Stands in for the model's tokenizer in the fake server's tokenisation."""
 
     eos_token_id = 2
 
@@ -48,26 +76,27 @@ def default_gen(kind: str, body: dict, n: int) -> tuple[str, str]:
 
 
 class FakeOpenAI:
-    def __init__(self, root: Path, *, keep_ids=False, key=None, tok=None, root_path=None):
-        from plasticity.training.routes import TrainingRoutes
+    """``lookup=False`` stands for an older plugin without ``POST /v1/training/examples/lookup``."""
 
+    def __init__(self, root: Path, *, lookup=True, key=None, tok=None):
         self._tr = TrainingRoutes
         self.root = Path(root)
         self.journal = self.root / "journal.jsonl"
         self.done = self.root / "journal.jsonl.done"
-        self.keep_ids, self.key = keep_ids, key
+        self.lookup, self.key = lookup, key
         self.calls: list[tuple[str, object]] = []
         self.gen = default_gen
         self.judge_answer = "8"
         self.delay: dict[str, float] = {}
         self.fail: dict[str, tuple[int, object]] = {}
         self.refuse_decision: str | None = None  # a decision containing this → 413, like the token limit
-        self.root_path: str | None = root_path  # reported as /v1/models "root" (the loop loads a tokenizer there)
         self.n = 0
         self.lock = threading.Lock()
         self.tok = tok or FakeTok()
+        # the state TrainingRoutes' methods read: accepted ids, the done journal's statuses
         self.ns = types.SimpleNamespace(cfg=types.SimpleNamespace(max_decision_tokens=10**6, max_example_tokens=10**6),
-                                        tok=self.tok)
+                                        tok=self.tok, known_ids=set(), done_tail=JournalTail(self.done),
+                                        done_status={}, done_lock=threading.Lock())
         self.trainer_seen: set[str] = set()
         srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         srv.fake = self
@@ -105,7 +134,8 @@ class FakeOpenAI:
             Journal(self.done).append(new)
         return len(new)
 
-    # the examples route, as training_routes does it (validation, tokenisation, fsync'd journal, 202)
+    # the examples route, as training/routes.py does it (validation, tokenisation, 409 on a repeated
+    # id, fsync'd journal, 202)
     def examples(self, raw: bytes, ctype: str):
         from plasticity.training.routes import ExampleError
         from plasticity.training.core import Journal
@@ -116,14 +146,23 @@ class FakeOpenAI:
             for i, ex in enumerate(items):
                 if self.refuse_decision and self.refuse_decision in str(ex.get("decision")):
                     raise ExampleError(f"example {i}: decision has too many tokens", 413)
-                # keep_ids=False stands for a server that assigns its own ids (older plasticity, a remote
-                # endpoint); this project's server keeps a valid client id
-                rec = self._tr.tokenize(self.ns, i, ex if self.keep_ids else {k: v for k, v in ex.items() if k != "id"})
-                recs.append(rec)
+                recs.append(self._tr.tokenize(self.ns, i, ex))
         except ExampleError as e:
             return e.code, {"error": {"message": str(e)}}
+        dup = self._tr.duplicates(self.ns, recs)
+        if dup:
+            return 409, {"error": {"message": f"example ids already accepted: {dup}"}, "duplicates": dup}
         Journal(self.journal).append(recs)
+        self.ns.known_ids.update(r["id"] for r in recs)
         return 202, {"ids": [r["id"] for r in recs], "journaled": True}
+
+    def lookup_states(self, body) -> tuple[int, dict]:
+        ids = body.get("ids") if isinstance(body, dict) else None
+        if not (isinstance(ids, list) and 0 < len(ids) <= MAX_LOOKUP_IDS
+                and all(isinstance(i, str) and ID_RE.fullmatch(i) for i in ids)):
+            return 400, {"error": {"message": "bad ids"}}
+        self._tr.refresh_done(self.ns)
+        return 200, {"examples": {i: self._tr.example_state(self.ns, i) for i in ids}}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -165,7 +204,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._pre(self.path):
             return
         if self.path == "/v1/models":
-            return self._send(200, {"data": [{"id": "fake-model", "root": f.root_path}]})
+            return self._send(200, {"data": [{"id": "fake-model", "root": str(f.root)}]})
         if self.path == "/v1/training/status":
             return self._send(200, {"examples_done": len(f.trainer_seen), "step": len(f.trainer_seen),
                                     "examples_queued": 0})
@@ -207,6 +246,10 @@ class _Handler(BaseHTTPRequestHandler):
             with f.lock:
                 code, out = f.examples(raw, ctype)
             return self._send(code, out)
+        if path == "/v1/training/examples/lookup" and f.lookup:
+            with f.lock:
+                code, out = f.lookup_states(body)
+            return self._send(code, out)
         self._send(404, {"detail": "Not Found"})
 
 
@@ -223,5 +266,4 @@ def make_cfg(fake=None, **over):
 def make_loop(store, fake, cfg=None, **kw):
     cfg = cfg or make_cfg(fake)
     client = ServerClient(fake.url, fake.key, timeout=cfg.timeout_s)
-    kw.setdefault("tokens", ServerTokens(FakeTok()))
     return DreamLoop(store, client, cfg, **kw)

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 import types
-from collections import Counter
 
 import numpy as np
 import pytest
@@ -24,14 +23,13 @@ from plasticity.dream.client import ServerClient
 from plasticity.dream.judge import (AllJudges, EndpointJudge, Item, RubricJudge, RuleJudge, Verdict, parse_score,
                                     repeat_share)
 from plasticity.dream.compare import compare
-from plasticity.dream.journals import JournalView, ServerTokens, token_key
 from plasticity.dream.loop import DreamError, trim_truncated
 from plasticity.dream.novelty import HashEmbedder, NoveltyFilter
 from plasticity.dream.runner import DreamRunner
 from plasticity.dream.status import status_dict
 from plasticity.memory import MemoryStore, sample_graph_path
 
-from dream_support import FakeOpenAI, FakeTok, make_cfg, make_loop
+from dream_support import FakeOpenAI, FakeTok, ServerTokens, make_cfg, make_loop, token_key
 
 
 @pytest.fixture
@@ -335,9 +333,17 @@ def _crash_after_post(monkeypatch, store):
     monkeypatch.setattr(store, "mark_journaled", boom)
 
 
-@pytest.mark.parametrize("keep_ids", [False, True], ids=["server-ids", "client-ids"])
-def test_exactly_once_across_a_crash_between_journal_write_and_mark(tmp_path, fake, monkeypatch, keep_ids):
-    fake.keep_ids = keep_ids
+def _journaled_once_by_content(fake, store, acc) -> None:
+    """Every accepted candidate is in the server's journal exactly once, by its token ids, under
+    its own id; and nothing else is there."""
+    recs = fake.journal_records()
+    tok = ServerTokens(FakeTok())
+    want = [tok.key([{"role": "user", "content": c.scenario}], c.response) for c in acc]
+    assert sorted(token_key(r["context"], r["decision"]) for r in recs) == sorted(want)
+    assert sorted(r["id"] for r in recs) == sorted(store.journal_id(c.id) for c in acc)
+
+
+def test_exactly_once_across_a_crash_between_journal_write_and_mark(tmp_path, fake, monkeypatch):
     db = tmp_path / "mem.sqlite"
     s1 = MemoryStore(db)
     s1.import_jsonl(sample_graph_path())
@@ -352,12 +358,13 @@ def test_exactly_once_across_a_crash_between_journal_write_and_mark(tmp_path, fa
     fake.train()  # the server trains everything it journaled, meanwhile
     loop.close()
     s1.close()
-    # restart: a new process would open the store and the journal afresh
+    # restart: a new process opens the store afresh and asks the server about its rows
     s2 = MemoryStore(db)
     posts_before = len(fake.posts())
     loop2 = make_loop(s2, fake)
-    loop2.prepare()  # reconciles: the crashed row is in the journal → journaled/trained, not re-sent
+    loop2.prepare()  # reconciles: the crashed row is journaled and trained, so it is not re-sent
     assert len(fake.posts()) == posts_before
+    assert len(fake.posts("/v1/training/examples/lookup")) >= 1
     assert s2.queue_counts() == {"queued": 0, "journaled": 0, "trained": 3}
     loop2.run(2)
     fake.train()
@@ -365,27 +372,20 @@ def test_exactly_once_across_a_crash_between_journal_write_and_mark(tmp_path, fa
     loop2.close()
     acc = s2.candidates(accepted=True)
     assert len(acc) == 5 and s2.queue_counts() == {"queued": 0, "journaled": 0, "trained": 5}
-    recs = fake.journal_records()
-    keys = [token_key(r["context"], r["decision"]) for r in recs]
-    tok = ServerTokens(FakeTok())
-    want = [tok.key([{"role": "user", "content": c.scenario}], c.response) for c in acc]
-    assert sorted(keys) == sorted(want)  # every accepted candidate journaled exactly once
+    _journaled_once_by_content(fake, s2, acc)
     done = [json.loads(l)["id"] for l in fake.done.read_text().splitlines()]
     assert len(done) == len(set(done)) == 5  # and trained exactly once
-    if keep_ids:
-        assert sorted(r["id"] for r in recs) == sorted(s2.journal_id(c.id) for c in acc)
     s2.close()
 
 
-def test_client_ids_without_journal_access_resubmit_but_train_once(tmp_path, fake, monkeypatch):
-    """A remote server (journal not readable here) that keeps client ids: after the crash the row
-    is sent again, and the trainer's dedupe by id trains it once."""
-    fake.keep_ids = True
+def test_without_the_lookup_route_a_resent_row_is_refused_and_journaled_once(tmp_path, fake, monkeypatch):
+    """An older plugin without the lookup route: after the crash the row is sent again, the server
+    refuses its id with 409, and the loop takes that as "journaled"; the journal holds it once."""
+    fake.lookup = False
     db = tmp_path / "mem.sqlite"
     s1 = MemoryStore(db)
     s1.import_jsonl(sample_graph_path())
-    cfg = make_cfg(None)
-    loop = make_loop(s1, fake, cfg)
+    loop = make_loop(s1, fake)
     loop.prepare()
     _crash_after_post(monkeypatch, s1)
     with pytest.raises(Crash):
@@ -393,14 +393,34 @@ def test_client_ids_without_journal_access_resubmit_but_train_once(tmp_path, fak
     loop.close()
     s1.close()
     s2 = MemoryStore(db)
-    with make_loop(s2, fake, cfg) as loop2:
+    with make_loop(s2, fake) as loop2:
         loop2.run(1)
+        assert loop2.stats.reconciled == 1  # the 409
     recs = fake.journal_records()
-    assert len(recs) == 3 and len({r["id"] for r in recs}) == 2  # one duplicate record, same id
+    assert len(recs) == 2 and len({r["id"] for r in recs}) == 2
+    assert s2.queue_counts() == {"queued": 0, "journaled": 2, "trained": 0}
     fake.train()
     done = [json.loads(l)["id"] for l in fake.done.read_text().splitlines()]
-    assert sorted(done) == sorted({r["id"] for r in recs})
+    assert sorted(done) == sorted(r["id"] for r in recs)
     s2.close()
+
+
+def test_lookup_states_move_rows_forward_only(store, fake):
+    """A skipped or discarded example is finished (``trained`` in the store, never resent); a
+    failed one stays ``journaled``; the lookup is sent in batches of at most 1000 ids."""
+    from plasticity.training.core import Journal
+
+    with make_loop(store, fake) as loop:
+        loop.run(4)
+        ids = [r.journal_id for r in store.queue("journaled")]
+        Journal(fake.done).append([{"id": ids[0], "step": 1, "status": "skipped"},
+                                   {"id": ids[1], "step": 1, "status": "discarded"},
+                                   {"id": ids[2], "step": 1, "status": "failed"}])
+        assert loop.reconcile() == {"journaled": 0, "trained": 2}
+        assert [r.journal_id for r in store.queue("journaled")] == ids[2:]
+        assert loop.client.lookup(["x-%d" % i for i in range(2500)]) == {"x-%d" % i: "unknown" for i in range(2500)}
+    sizes = [len(b["ids"]) for b in fake.posts("/v1/training/examples/lookup")]
+    assert sizes[-3:] == [1000, 1000, 500]
 
 
 def test_refused_example_does_not_block_the_queue(store, fake):
@@ -500,19 +520,19 @@ def test_novelty_set_is_rebuilt_after_restart(tmp_path, fake):
     s.close()
 
 
-def test_replay_examples_are_mixed_in_separately(store, fake, tmp_path):
+def test_dream_replay_ratio_is_left_to_the_trainer(store, fake, tmp_path, caplog):
+    """Replay of general text is mixed by the server's trainer ([training] replay_ratio); the loop
+    submits only its dream examples and says once that [dream] replay_ratio is ignored."""
     src = tmp_path / "general.txt"
     src.write_text("\n<|endoftext|>\n".join(f"Document {i}. " + "Some general text about Python. " * 20
                                              for i in range(3)))
     cfg = make_cfg(fake, replay_ratio=0.5, replay_source=str(src))
-    with make_loop(store, fake, cfg) as loop:
-        loop.run(4)
-    posts = [[json.loads(l) for l in b.splitlines()] for b in fake.posts()]
-    dream = [e for p in posts for e in p if e["id"].startswith("mem-")]
-    replay = [e for p in posts for e in p if e["id"].startswith("replay-")]
-    assert len(dream) == 4 and len(replay) == 4 and all(e["eos"] is False for e in replay)
-    assert all(len(p) == 1 or all(e["id"].startswith("replay-") for e in p) or
-               all(e["id"].startswith("mem-") for e in p) for p in posts)  # never in one request
+    with caplog.at_level("WARNING", logger="plasticity.dream"):
+        with make_loop(store, fake, cfg) as loop:
+            loop.run(4)
+    posts = [json.loads(l) for b in fake.posts() for l in b.splitlines()]
+    assert len(posts) == 4 and all(e["id"].startswith("mem-") for e in posts)
+    assert sum("replay_ratio is ignored" in r.message for r in caplog.records) == 1
     assert store.queue_counts()["journaled"] == 4
 
 
@@ -526,38 +546,6 @@ def test_compare_reports_both_sides(store, fake):
     assert 0 < rep["naive_token_matched"]["distinct_2"] <= 1
 
 
-def test_server_tokens_match_the_training_route(tmp_path):
-    """ServerTokens (the loop's journal matching) tokenises exactly like POST /v1/training/examples."""
-    from transformers import AutoTokenizer
-
-    from models import model_dir
-    from plasticity.training.routes import TrainingRoutes
-
-    tok = AutoTokenizer.from_pretrained(model_dir("qwen3-tiny"))
-    ns = types.SimpleNamespace(cfg=types.SimpleNamespace(max_decision_tokens=10**6, max_example_tokens=10**6), tok=tok)
-    st = ServerTokens(tok)
-    for ctx, dec in [([{"role": "user", "content": "How does break work?"}], "In short: it leaves the loop."),
-                     ("raw text context", "and a decision"),
-                     ([{"role": "system", "content": "s"}, {"role": "user", "content": "ü ☃ {x}"}], "ok")]:
-        rec = TrainingRoutes.tokenize(ns, 0, {"context": ctx, "decision": dec})
-        assert st.ids(ctx, dec) == (rec["context"], rec["decision"])
-        assert st.key(ctx, dec) == token_key(rec["context"], rec["decision"])
-
-
-def test_journal_view_reads_incrementally_and_ignores_a_torn_line(tmp_path):
-    j = tmp_path / "j.jsonl"
-    j.write_text('{"id": "mem-a-1", "context": [1], "decision": [2]}\n{"id": "ex-1", "cont')
-    v = JournalView(j)
-    v.refresh()
-    assert v.ids == {"mem-a-1"} and v.foreign == 0
-    with open(j, "a") as f:
-        f.write('ext": [3], "decision": [4]}\n')
-    (tmp_path / "j.jsonl.done").write_text('{"id": "mem-a-1", "step": 1, "status": "trained"}\n')
-    v.refresh()
-    assert v.ids == {"mem-a-1", "ex-1"} and v.foreign == 1 and v.done == {"mem-a-1"}
-    assert v.key_ids[token_key([3], [4])] == ["ex-1"]
-
-
 # ---------------------------------------------------------------- the runner and the CLI
 
 def test_runner_runs_in_the_background_and_stops_cleanly(tmp_path, fake):
@@ -565,7 +553,7 @@ def test_runner_runs_in_the_background_and_stops_cleanly(tmp_path, fake):
     with MemoryStore(db) as s:
         s.import_jsonl(sample_graph_path())
     cfg = make_cfg(fake, db=str(db), max_cycles=3, enabled=True)
-    r = DreamRunner(cfg, fake.url, tokens=ServerTokens(FakeTok())).start()
+    r = DreamRunner(cfg, fake.url).start()
     r.thread.join(30)
     st = r.status()
     assert st["state"] == "finished" and st["cycles_this_run"] == 3 and st["accepted_this_run"] == 3
@@ -573,7 +561,7 @@ def test_runner_runs_in_the_background_and_stops_cleanly(tmp_path, fake):
     # an unbounded run, slowed down: stop() ends it between cycles, nothing left running
     fake.delay["/v1/chat/completions#response"] = 0.3
     cfg2 = make_cfg(fake, db=str(db), enabled=True)
-    r2 = DreamRunner(cfg2, fake.url, tokens=ServerTokens(FakeTok())).start()
+    r2 = DreamRunner(cfg2, fake.url).start()
     t0 = time.time()
     while r2.cycles < 2 and time.time() - t0 < 30:
         time.sleep(0.05)
@@ -630,7 +618,6 @@ def test_cli_cycles_status_candidates(tmp_path, fake, capsys):
     cfgp = tmp_path / "p.toml"
     cfgp.write_text(f'[training]\nenabled = true\njournal = "{fake.journal}"\n'
                     f'[dream]\ndb = "{db}"\njudge = "rubric"\ncycles_per_hour = 360000\nseed = 4\n')
-    fake.keep_ids = True
     assert _cli("--config", str(cfgp), "--server", fake.url, "--import", str(sample_graph_path()),
                 "--cycles", "3", "--json") == 0
     out = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
@@ -651,7 +638,6 @@ def test_cli_cycles_status_candidates(tmp_path, fake, capsys):
 def test_sigkill_mid_run_then_restart_exactly_once(tmp_path, fake):
     """The loop as a process, SIGKILLed right after a POST was journaled (before its bookkeeping),
     restarted: every accepted candidate is journaled and trained exactly once."""
-    fake.keep_ids = True
     db = tmp_path / "m.sqlite"
     with MemoryStore(db) as s:
         s.import_jsonl(sample_graph_path())
@@ -679,43 +665,33 @@ def test_sigkill_mid_run_then_restart_exactly_once(tmp_path, fake):
     assert sorted(done) == sorted(ids)
 
 
-def test_sigkill_in_the_crash_window_with_server_assigned_ids(tmp_path):
-    """Today's server assigns ``ex-<uuid>`` ids: the restarted loop finds the crashed row in the
-    journal by content (the real tokenizer, loaded from the model path the server reports)."""
-    from transformers import AutoTokenizer
-
-    from models import model_dir
-
-    mdir = model_dir("qwen3-tiny")
-    fake = FakeOpenAI(tmp_path, tok=AutoTokenizer.from_pretrained(mdir), root_path=str(mdir))
-    try:
-        db = tmp_path / "m.sqlite"
-        with MemoryStore(db) as s:
-            s.import_jsonl(sample_graph_path())
-        cfgp = tmp_path / "p.toml"
-        cfgp.write_text(f'[training]\nenabled = true\njournal = "{fake.journal}"\n'
-                        f'[dream]\ndb = "{db}"\njudge = "rubric"\ncycles_per_hour = 360000\nseed = 6\n')
-        cmd = [sys.executable, "-m", "plasticity.dream.cli", "--config", str(cfgp), "--server", fake.url]
-        p = subprocess.run(cmd + ["--cycles", "3"], env={**os.environ, "PLASTICITY_DREAM_FAULT": "after_submit:2"},
-                           capture_output=True, text=True, timeout=180)
-        assert p.returncode == -signal.SIGKILL, p.stderr
-        assert all(r["id"].startswith("ex-") for r in fake.journal_records())
-        fake.train()
-        posts = len(fake.posts())
-        p = subprocess.run(cmd + ["--cycles", "1", "--wait-trained", "10"], capture_output=True, text=True, timeout=180)
-        assert p.returncode == 0, p.stderr
-        fake.train()
-        with MemoryStore(db) as s:
-            with make_loop(s, fake, tokens=ServerTokens(fake.tok)) as loop:
-                loop.sync()
-            acc = s.candidates(accepted=True)
-            assert len(acc) == 3 and s.queue_counts() == {"queued": 0, "journaled": 0, "trained": 3}
-            tok = ServerTokens(fake.tok)
-            keys = Counter(token_key(r["context"], r["decision"]) for r in fake.journal_records())
-            assert all(keys[tok.key([{"role": "user", "content": c.scenario}], c.response)] == 1 for c in acc)
-        assert len(fake.posts()) == posts + 1  # only the new cycle's example was sent after the restart
-    finally:
-        fake.close()
+def test_sigkill_in_the_crash_window_restart_sends_only_new_rows(tmp_path, fake):
+    """The process SIGKILLed between the 202 and its bookkeeping: the restarted process learns from
+    the lookup route that the row is journaled and trained, and POSTs only its new cycle's example."""
+    db = tmp_path / "m.sqlite"
+    with MemoryStore(db) as s:
+        s.import_jsonl(sample_graph_path())
+    cfgp = tmp_path / "p.toml"
+    cfgp.write_text(f'[training]\nenabled = true\njournal = "{fake.journal}"\n'
+                    f'[dream]\ndb = "{db}"\njudge = "rubric"\ncycles_per_hour = 360000\nseed = 6\n')
+    cmd = [sys.executable, "-m", "plasticity.dream.cli", "--config", str(cfgp), "--server", fake.url]
+    p = subprocess.run(cmd + ["--cycles", "3"], env={**os.environ, "PLASTICITY_DREAM_FAULT": "after_submit:2"},
+                       capture_output=True, text=True, timeout=180)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    with MemoryStore(db) as s:
+        assert s.queue_counts()["queued"] == 1 and len(fake.journal_records()) == 2
+    fake.train()
+    posts = len(fake.posts())
+    p = subprocess.run(cmd + ["--cycles", "1", "--wait-trained", "10"], capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stderr
+    fake.train()
+    with MemoryStore(db) as s:
+        with make_loop(s, fake) as loop:
+            loop.sync()
+        acc = s.candidates(accepted=True)
+        assert len(acc) == 3 and s.queue_counts() == {"queued": 0, "journaled": 0, "trained": 3}
+        _journaled_once_by_content(fake, s, acc)
+    assert len(fake.posts()) == posts + 1  # only the new cycle's example was sent after the restart
 
 
 def test_server_init_state_starts_the_background_loop(tmp_path, fake, monkeypatch):

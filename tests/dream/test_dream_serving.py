@@ -201,7 +201,7 @@ def _exactly_once_problems(accepted, journal_ids_by_key, tok, trained: Counter, 
 def test_sigkill_mid_cycle_and_restart_trains_each_accepted_once(dream_server, tmp_path):
     from models import model_dir
 
-    from plasticity.dream.journals import ServerTokens, token_key
+    from dream_support import ServerTokens, token_key
     from plasticity.training.core import Journal
 
     srv = dream_server
@@ -366,7 +366,7 @@ def test_kill_the_server_mid_cycle_and_restart(vllm_servers, tmp_path):
     from vllm_server import VLLMServer
 
     from plasticity.dream.config import load
-    from plasticity.dream.journals import ServerTokens, token_key
+    from dream_support import ServerTokens, token_key
     from plasticity.memory import MemoryStore, sample_graph_path
     from plasticity.training.core import Journal
 

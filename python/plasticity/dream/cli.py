@@ -47,7 +47,7 @@ def _loop_options(p):
     p.add_argument("--novelty-threshold", type=float, default=None)
     p.add_argument("--embedding", default=None, help="server or hash")
     p.add_argument("--response-prefix", default=None)
-    p.add_argument("--tokenizer", default=None, help="tokenizer folder for journal matching (default: the server's model path)")
+    p.add_argument("--tokenizer", default=None, help="ignored, kept so older scripts still run: the server now matches the loop's examples by id")
     p.add_argument("--no-submit", action="store_true", help="store candidates, do not send them to the server")
     p.add_argument("--wait-trained", type=float, default=0.0, metavar="S",
                    help="after the cycles, wait up to S seconds until the trainer reports them trained")
@@ -170,7 +170,7 @@ def _open_loop(args, cfg, *, lock=True):
             res = store.import_path(imp)
             print(f"imported {len(res.note_ids)} notes, {res.links} links from {imp}", file=sys.stderr)
         client = _client(args, cfg)
-        loop = DreamLoop(store, client, cfg, tokenizer_path=_get(args, "tokenizer"), submit=not _get(args, "no_submit"),
+        loop = DreamLoop(store, client, cfg, submit=not _get(args, "no_submit"),
                          lock=lock)
         loop.prepare()
     except (MemoryStoreError, Exception):

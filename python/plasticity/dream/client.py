@@ -14,6 +14,7 @@ import json
 from plasticity.http.client import ClientError, call
 
 DreamHTTPError = ClientError  # the name the dream loop catches
+LOOKUP_BATCH = 1000  # the server's limit of ids per lookup
 
 
 def http_json(url: str, method: str = "GET", body=None, *, key: str | None = None, timeout: float = 60.0,
@@ -107,6 +108,19 @@ class ServerClient:
         if not (isinstance(ids, list) and len(ids) == len(examples) and all(isinstance(i, str) for i in ids)):
             raise DreamHTTPError(f"POST /v1/training/examples: unexpected body {str(doc)[:200]}")
         return ids
+
+    def lookup(self, ids: list[str]) -> dict[str, str]:
+        """POST /v1/training/examples/lookup, 1000 ids per request; → {id: state} (``unknown``,
+        ``journaled``, ``trained``, ``skipped``, ``discarded``, ``failed``)."""
+        out: dict[str, str] = {}
+        for i in range(0, len(ids), LOOKUP_BATCH):
+            part = ids[i:i + LOOKUP_BATCH]
+            doc = self.call("POST", "/v1/training/examples/lookup", {"ids": part})
+            got = doc.get("examples") if isinstance(doc, dict) else None
+            if not (isinstance(got, dict) and all(isinstance(got.get(x), str) for x in part)):
+                raise DreamHTTPError(f"POST /v1/training/examples/lookup: unexpected body {str(doc)[:200]}")
+            out.update((x, got[x]) for x in part)
+        return out
 
     def training_status(self) -> dict:
         doc = self.call("GET", "/v1/training/status")

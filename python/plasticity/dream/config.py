@@ -26,10 +26,9 @@ lexical_threshold = 0.8    # share of a candidate's word bigrams already in the 
 novelty_window = 2000      # accepted embeddings kept in memory (the most recent)
 embedding = "server"       # "server": /v1/training/embed (the served model's hidden states);
                            # "hash": hashed word/character n-grams (no model, for tests)
-replay_ratio = 0.0         # extra general-text examples submitted beside the dream ones
-                           # (replay / (dream + replay)); the trainer's own [training] replay
-                           # is mixed into every batch regardless
-replay_source = ""         # .txt/.jsonl; "" = [training] replay_source
+replay_ratio = 0.0         # ignored (a warning when > 0): the server's trainer mixes replay
+                           # into every batch ([training] replay_ratio); read so older files load
+replay_source = ""         # ignored, as replay_ratio
 seed = -1                  # -1 = a fresh seed each start
 timeout_s = 120.0          # per HTTP request to the served model
 model = ""                 # served model name; "" = the first of /v1/models

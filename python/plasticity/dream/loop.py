@@ -15,21 +15,20 @@ One cycle (:meth:`DreamLoop.run_cycle`):
    (the notes are *not* in the context: the answer is to come from the weights).
 
 Submission (:meth:`DreamLoop.submit_pending`) follows the store's exactly-once protocol:
-``queued`` rows are POSTed to ``/v1/training/examples`` (the server journals and fsyncs
-before its 202), then ``mark_journaled``. A crash between the two leaves the row
-``queued``; before posting anything, the loop reconciles with the server's journal file
-(``[training] journal`` of the same config, when readable): a row already in it is
-marked ``journaled`` instead of sent again. The server does not keep client ids today
-(it assigns ``ex-<uuid>``), so a journal record is matched to a row by the sha256 of its
-token ids, computed with the model's tokenizer exactly as the server tokenises; when the
-server keeps the ``id`` (it is sent as the row's ``journal_id``), ids match directly.
-``<journal>.done`` (the trainer's record of trained ids) moves rows to ``trained``. Reading and
-matching those files is ``journals.py``; the loop-vs-naive comparison is ``compare.py``.
+``queued`` rows are POSTed to ``/v1/training/examples`` with the row's ``journal_id`` as the
+example's ``id`` (the server journals and fsyncs before its 202), then ``mark_journaled``. A
+crash between the two leaves the row ``queued``; before posting anything, the loop asks the
+server which of its rows it already holds (``POST /v1/training/examples/lookup``): a row the
+server journaled is marked ``journaled`` instead of sent again, and one the trainer finished
+(``trained``, ``skipped``, ``discarded``) is marked ``trained``. A resent id would be refused
+with 409 anyway (the server keeps every accepted id across restarts), which the loop also reads
+as "journaled". Replay of general text is the trainer's (``[training] replay_ratio``), mixed
+into every batch on the server. The loop-vs-naive comparison is ``compare.py``.
 
 Only one loop may run per store (a lock file ``<db>.dream-lock``). Rate: cycle starts
 are at least ``3600 / cycles_per_hour`` s apart; cycles pause while ``max_queue``
 accepted examples wait for the server. Memory: the novelty filter keeps at most
-``novelty_window`` vectors; journal files are read incrementally.
+``novelty_window`` vectors.
 """
 
 from __future__ import annotations
@@ -50,7 +49,6 @@ from plasticity.memory import MemoryStore, MemoryStoreError
 from .client import DreamHTTPError, ServerClient
 from .config import DreamConfig
 from .judge import AllJudges, Item, Judge, build_judge, format_notes
-from .journals import JournalView, ServerTokens
 from .novelty import HashEmbedder, NoveltyFilter, ServerEmbedder
 
 log = logging.getLogger("plasticity.dream")
@@ -58,6 +56,8 @@ log = logging.getLogger("plasticity.dream")
 FAULT_ENV = "PLASTICITY_DREAM_FAULT"  # testing hook: "after_submit:N" SIGKILLs itself after the Nth POST
 _SENTENCE_END = re.compile(r"[.!?:;)\]`](?=\s|$)|\n")
 TEMPLATE_OVERHEAD_TOKENS = 16
+# the server's lookup states of an example that is in the weights or will never be (not retried)
+FINISHED = ("trained", "skipped", "discarded")
 
 
 class DreamError(RuntimeError):
@@ -123,7 +123,6 @@ class LoopStats:
     reconciled: int = 0
     trained_marked: int = 0
     refused: dict = field(default_factory=dict)   # queue row id -> the server's reason
-    replay_submitted: int = 0
     last_error: str | None = None
     last_cycle_at: float | None = None
 
@@ -160,9 +159,7 @@ class DreamLoop:
     (the :class:`~plasticity.dream.runner.DreamRunner` thread, or the CLI)."""
 
     def __init__(self, store: MemoryStore, client: ServerClient | None, cfg: DreamConfig, *,
-                 judge: Judge | None = None, embedder=None, journal: Path | None = None,
-                 tokens: ServerTokens | None = None, tokenizer_path: str | None = None,
-                 submit: bool = True, lock: bool = True, clock=time.monotonic, sleep=None):
+                 judge: Judge | None = None, embedder=None, submit: bool = True, lock: bool = True, clock=time.monotonic, sleep=None):
         self.store, self.client, self.cfg = store, client, cfg
         self.judge = judge if judge is not None else build_judge(cfg, client)
         if not isinstance(self.judge, AllJudges):
@@ -170,11 +167,6 @@ class DreamLoop:
         if embedder is None:
             embedder = ServerEmbedder(client) if (cfg.embedding == "server" and client is not None) else HashEmbedder()
         self.embedder = embedder
-        if journal is None and cfg.training is not None and getattr(cfg.training, "journal", None):
-            journal = cfg.training.journal
-        self.journal = JournalView(journal) if journal is not None else None
-        self.tokens = tokens
-        self.tokenizer_path = tokenizer_path
         self.submit_enabled = submit
         seed = cfg.seed if cfg.seed >= 0 else random.SystemRandom().randrange(2**62)
         self.seed = seed
@@ -187,21 +179,19 @@ class DreamLoop:
         self._lock = StoreLock(store.path) if lock else None
         self._prepared = False
         self._next_start = 0.0
-        self._keys: dict[str, str] = {}          # our journal_id -> content key (content matching)
         self._id_mode: bool | None = None        # does the server keep our ids?
         self._posts = 0
-        self._replay_texts: list[str] | None = None
-        self._replay_credit = 0.0
-        self._replay_n = 0
-        self._warned_no_journal = False
-        self._no_tokens = False
+        self._no_lookup = False                  # the server has no lookup route (an older plugin)
+        if cfg.replay_ratio > 0:
+            log.warning("plasticity dream: [dream] replay_ratio is ignored: the server's trainer mixes general-text "
+                        "replay into every batch ([training] replay_ratio and replay_source)")
         self._stop = threading.Event()
         self._sleep = sleep or (lambda s: self._stop.wait(s))
 
     # ---- lifecycle ----
     def prepare(self) -> None:
         """Lock the store, check notes and server, close stale cycles, rebuild the novelty set,
-        reconcile the train queue with the journal. Raises DreamError with a clear message."""
+        reconcile the train queue with the server. Raises DreamError with a clear message."""
         if self._prepared:
             return
         if self._lock is not None:
@@ -388,57 +378,30 @@ class DreamLoop:
                            time.monotonic() - t0)
 
     # ---- submission (exactly once) ----
-    def _key(self, row) -> str | None:
-        """The content key of a queue row (its token ids as the server would journal them)."""
-        k = self._keys.get(row.journal_id)
-        if k is not None or self._no_tokens:
-            return k
-        if self.tokens is None:
-            path = self.tokenizer_path
-            if path is None and self.client is not None:
-                try:
-                    path = self.client.model_root
-                except DreamHTTPError:
-                    path = None
-            if not path:
-                self._no_tokens = True
-                log.warning("plasticity dream: no tokenizer to match the journal by content (--tokenizer)")
-                return None
-            try:
-                self.tokens = ServerTokens.load(path)
-            except Exception as e:  # noqa: BLE001
-                self._no_tokens = True
-                log.warning("plasticity dream: no tokenizer for journal matching (%s): %s", path, e)
-                return None
-        try:
-            k = self.tokens.key(row.context, row.decision)
-        except Exception as e:  # noqa: BLE001 - a template error: cannot match this row by content
-            log.warning("plasticity dream: cannot tokenise queue row %s: %s", row.id, e)
-            return None
-        self._keys[row.journal_id] = k
-        return k
-
     def reconcile(self) -> dict:
-        """Move queue rows the server's journal already holds to ``journaled``, trained ones to
-        ``trained``. Rows are matched by id (a server that keeps client ids), else by content
-        (only when the journal holds ids the server assigned). No-op without a readable journal."""
-        if self.journal is None:
-            return {"journaled": 0, "trained": 0}
-        jv = self.journal
-        jv.refresh()
-        by_content = jv.foreign > 0
-        journaled, trained = [], []
-        for r in self.store.queue("queued"):
-            if r.journal_id in jv.ids or (by_content and (k := self._key(r)) is not None and k in jv.key_ids):
-                journaled.append(r.journal_id)
-        if jv.done:
-            for state in ("queued", "journaled"):
-                for r in self.store.queue(state):
-                    if r.journal_id in jv.done:
-                        trained.append(r.journal_id)
-                    elif by_content and r.journal_id not in jv.ids and (k := self._key(r)) is not None \
-                            and any(i in jv.done for i in jv.key_ids.get(k, ())):
-                        trained.append(r.journal_id)
+        """Ask the server which of our ``queued`` and ``journaled`` rows it holds: journaled ones
+        move to ``journaled``, finished ones to ``trained``. No-op without a client, or against a
+        server without the lookup route (then a resent row is refused with 409, see
+        :meth:`_submit_one_by_one`)."""
+        none = {"journaled": 0, "trained": 0}
+        if self.client is None or self._no_lookup:
+            return none
+        rows = self.store.queue("queued") + self.store.queue("journaled")
+        if not rows:
+            return none
+        try:
+            states = self.client.lookup([r.journal_id for r in rows])
+        except DreamHTTPError as e:
+            if e.kind == "http" and e.status in (404, 405):
+                self._no_lookup = True
+                log.warning("plasticity dream: the server has no POST /v1/training/examples/lookup; queue rows are "
+                            "reconciled only through 409 answers")
+            else:
+                self.stats.last_error = f"lookup: {e}"
+                log.warning("plasticity dream: lookup failed, will retry: %s", e)
+            return none
+        journaled = [r.journal_id for r in rows if r.state == "queued" and states.get(r.journal_id, "unknown") != "unknown"]
+        trained = [r.journal_id for r in rows if states.get(r.journal_id) in FINISHED]
         out = self.store.reconcile_queue(journaled_ids=journaled, trained_ids=trained)
         self.stats.reconciled += out["journaled"]
         self.stats.trained_marked += out["trained"]
@@ -448,16 +411,11 @@ class DreamLoop:
         return {"context": row.context, "decision": row.decision, "id": row.journal_id}
 
     def submit_pending(self) -> int:
-        """POST every ``queued`` row (after reconciling with the journal); returns how many were sent.
+        """POST every ``queued`` row (after reconciling with the server); returns how many were sent.
         Server unreachable → rows stay queued for the next call; a row the server refuses (400/413)
         is reported in ``stats.refused`` and not retried in this process."""
         if not self.submit_enabled or self.client is None:
             return 0
-        if self.journal is None and not self._warned_no_journal:
-            self._warned_no_journal = True
-            log.warning("plasticity dream: the server's training journal is not readable here; a crash between "
-                        "a POST and its bookkeeping could submit one example twice unless the server keeps "
-                        "client ids (see docs/dream.md)")
         self.reconcile()
         rows = [r for r in self.store.queue("queued") if r.id not in self.stats.refused]
         sent = 0
@@ -479,7 +437,6 @@ class DreamLoop:
             self.store.mark_journaled([r.id for r in batch])
             sent += len(batch)
             self.stats.submitted += len(batch)
-            self._maybe_replay(len(batch))
         return sent
 
     def _submit_one_by_one(self, batch) -> int:
@@ -514,53 +471,7 @@ class DreamLoop:
     def sync(self) -> dict:
         """Submit pending rows and pick up trained ids."""
         sent = self.submit_pending()
-        rec = self.reconcile() if self.journal is not None else {"journaled": 0, "trained": 0}
-        return {"submitted": sent, **rec}
-
-    # ---- replay ----
-    def _maybe_replay(self, n_dream: int) -> None:
-        r = self.cfg.replay_ratio
-        if r <= 0 or self.client is None:
-            return
-        self._replay_credit += n_dream * r / (1 - r)
-        k = int(self._replay_credit)
-        if k <= 0:
-            return
-        if self._replay_texts is None:
-            self._replay_texts = self._load_replay()
-        if not self._replay_texts:
-            return
-        self._replay_credit -= k
-        exs = []
-        for _ in range(k):
-            doc = self.rng.choice(self._replay_texts)
-            start = self.rng.randrange(max(1, len(doc) - 400))
-            chunk = doc[start:start + 400]
-            if len(chunk.strip()) < 40:
-                continue
-            self._replay_n += 1
-            exs.append({"context": chunk[:280], "decision": chunk[280:] or chunk[-40:], "eos": False,
-                        "id": f"replay-{self.store.store_id[:16]}-{self.seed % 10**8}-{self._replay_n}"})
-        if not exs:
-            return
-        try:
-            self.client.submit(exs)
-            self.stats.replay_submitted += len(exs)
-        except DreamHTTPError as e:  # replay is best effort, never blocks the dream examples
-            log.warning("plasticity dream: replay submission failed: %s", e)
-
-    def _load_replay(self) -> list[str]:
-        src = self.cfg.replay_source
-        if src is None:
-            log.warning("plasticity dream: replay_ratio > 0 but no replay_source")
-            return []
-        try:
-            from plasticity.eval.behaviour import read_texts
-
-            return [t for t in read_texts(src) if len(t) > 100]
-        except Exception as e:  # noqa: BLE001
-            log.warning("plasticity dream: cannot read replay_source %s: %s", src, e)
-            return []
+        return {"submitted": sent, **self.reconcile()}
 
     # ---- running ----
     def wait_turn(self) -> bool:

@@ -29,14 +29,13 @@ log = logging.getLogger("plasticity.dream")
 
 
 class DreamRunner:
-    def __init__(self, cfg: DreamConfig, url: str, api_key: str | None = None, *, db=None, tokens=None,
+    def __init__(self, cfg: DreamConfig, url: str, api_key: str | None = None, *, db=None,
                  retry_s: float = 30.0, loop_factory=None):
         self.cfg = cfg
         self.db = db or cfg.db
         if self.db is None:
             raise DreamError("[dream] db is not set: the dream loop needs a memory store file")
         self.client = ServerClient(url, api_key, cfg.model or None, timeout=cfg.timeout_s)
-        self.tokens = tokens
         self.retry_s = retry_s
         self.loop_factory = loop_factory
         self.loop: DreamLoop | None = None
@@ -76,7 +75,7 @@ class DreamRunner:
             s = lp.stats
             st.update(accepted_this_run=s.accepted, rejected_this_run=dict(s.rejected), failed_cycles=s.failed_cycles,
                       submitted=s.submitted, reconciled=s.reconciled, refused=len(s.refused),
-                      replay_submitted=s.replay_submitted, seed=lp.seed, server_keeps_ids=lp._id_mode,
+                      seed=lp.seed, server_keeps_ids=lp._id_mode,
                       novelty_set=len(lp.novelty), loop_error=s.last_error)
         return st
 
@@ -86,7 +85,7 @@ class DreamRunner:
             return self.loop_factory(self)
         store = MemoryStore(self.db)
         try:
-            return DreamLoop(store, self.client, self.cfg, tokens=self.tokens)
+            return DreamLoop(store, self.client, self.cfg)
         except BaseException:
             store.close()
             raise

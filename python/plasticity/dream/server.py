@@ -53,7 +53,7 @@ def config() -> DreamConfig | None:
     return _CFG
 
 
-def start(url: str, api_key: str | None = None, cfg: DreamConfig | None = None, *, tokens=None) -> DreamRunner:
+def start(url: str, api_key: str | None = None, cfg: DreamConfig | None = None) -> DreamRunner:
     """Start (once) the background dream loop against the server at ``url``."""
     global _RUNNER
     cfg = cfg or config()
@@ -61,7 +61,7 @@ def start(url: str, api_key: str | None = None, cfg: DreamConfig | None = None, 
         raise DreamConfigError(_CFG_ERROR or "no [dream] config")
     if _RUNNER is not None and _RUNNER.thread is not None and _RUNNER.thread.is_alive():
         return _RUNNER
-    _RUNNER = DreamRunner(cfg, url, api_key, tokens=tokens).start()
+    _RUNNER = DreamRunner(cfg, url, api_key).start()
     atexit.register(stop)
     log.info("plasticity: dream loop started (schedule %s, %.0f cycles/h, store %s)", cfg.schedule,
              cfg.cycles_per_hour, cfg.db)
@@ -118,10 +118,7 @@ async def init_state(plugin, engine_client, args) -> None:
     if cfg.db is None:
         log.error("plasticity: [dream] enabled but [dream] db is not set; the dream loop is not started")
         return
-    from .journals import ServerTokens
-
-    tokens = ServerTokens(plugin.tok) if getattr(plugin, "tok", None) is not None else None
-    await asyncio.to_thread(start, _server_url(args), _api_key(args), cfg, tokens=tokens)
+    await asyncio.to_thread(start, _server_url(args), _api_key(args), cfg)
 
 
 def _unauthorised(plugin, request) -> bool:
