@@ -2,19 +2,27 @@
 //
 //   residual[t, i] += table[slot[t], i]     for t < num_tokens, i < hidden
 //
-// `table` is [num_slots, hidden] row-major; slot 0 is an all-zero row by
-// convention ("no steering"), so unsteered tokens are a no-op add.
-// Slots are NOT bounds-checked here (the signature carries no num_slots);
-// the Rust wrapper checks them on the host in debug/test builds.
+// The same contract as the CPU path (plasticity-core's steering::add_rows):
+// - `table` is [num_slots, hidden] row-major; slot 0 is "not steered" and its
+//   row is never read, so an unsteered token costs one index load;
+// - a slot outside 1..num_slots-1 (negative, or past the table) leaves its
+//   token untouched: the kernel cannot raise, so it never reads outside the
+//   table instead (the CPU path refuses such a slot before any write; on the
+//   device the runner that fills the slots is the only writer).
+//
+// Launch shape (chosen on the host, rust/plasticity-cuda/src/launch.rs):
+// blockIdx.y strides over tokens, blockIdx.x * blockDim.x + threadIdx.x over
+// the vectors of one row. The `_v16` variants move 16 bytes per load (float4,
+// or 8 halves in a uint4); the host takes them only when hidden * sizeof(elem)
+// is a multiple of 16 and both base addresses are 16-byte aligned. The plain
+// variants move one element. Capturable in a CUDA graph: no allocation, no
+// host synchronisation, and every address is an argument.
 //
 // No #include on purpose: NVRTC on the GPU host may not have cuda_fp16.h /
 // cuda_bf16.h on its include path, so the 16-bit variants take raw bits
-// (unsigned short) and convert by hand / with inline PTX. Every variant
-// accumulates in f32 and rounds once, matching `residual + table[slot]` in
-// PyTorch for the same dtype.
-//
-// Indexing is 64-bit (num_tokens * hidden can exceed 2^31) and the loop is
-// grid-stride, so any launch grid is correct.
+// (unsigned short) and convert by hand / with inline PTX. Every variant adds
+// in f32 and rounds once, matching `residual + table[slot]` in PyTorch for
+// the same dtype.
 
 __device__ __forceinline__ float bf16_to_f32(unsigned short h) {
     return __uint_as_float(((unsigned int)h) << 16);
@@ -42,28 +50,63 @@ __device__ __forceinline__ unsigned short f32_to_f16(float f) {
     return h;
 }
 
-#define STEERING_LOOP(BODY)                                                    \
-    const long long total = (long long)num_tokens * (long long)hidden;         \
-    const long long stride = (long long)gridDim.x * (long long)blockDim.x;     \
-    for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;     \
-         idx < total; idx += stride) {                                         \
-        const long long t = idx / hidden;                                      \
-        const long long i = idx - t * hidden;                                  \
-        const long long src = (long long)slot[t] * hidden + i;                 \
-        BODY                                                                   \
+// Element-wise sums, one per (element type, vector width).
+__device__ __forceinline__ float add_f32(float a, float b) { return a + b; }
+__device__ __forceinline__ unsigned short add_bf16(unsigned short a, unsigned short b) {
+    return f32_to_bf16(bf16_to_f32(a) + bf16_to_f32(b));
+}
+__device__ __forceinline__ unsigned short add_f16(unsigned short a, unsigned short b) {
+    return f32_to_f16(f16_to_f32(a) + f16_to_f32(b));
+}
+
+__device__ __forceinline__ float4 add_f32_v16(float4 a, float4 b) {
+    return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+}
+
+// Two 16-bit values per 32-bit word, low half first (little-endian memory order).
+#define PAIR_ADD(NAME, ADD1)                                                     \
+    __device__ __forceinline__ unsigned int NAME(unsigned int a, unsigned int b) { \
+        unsigned short lo = ADD1((unsigned short)(a & 0xffffu), (unsigned short)(b & 0xffffu)); \
+        unsigned short hi = ADD1((unsigned short)(a >> 16), (unsigned short)(b >> 16)); \
+        return ((unsigned int)hi << 16) | (unsigned int)lo;                      \
+    }
+PAIR_ADD(add_bf16_pair, add_bf16)
+PAIR_ADD(add_f16_pair, add_f16)
+
+__device__ __forceinline__ uint4 add_bf16_v16(uint4 a, uint4 b) {
+    return make_uint4(add_bf16_pair(a.x, b.x), add_bf16_pair(a.y, b.y),
+                      add_bf16_pair(a.z, b.z), add_bf16_pair(a.w, b.w));
+}
+__device__ __forceinline__ uint4 add_f16_v16(uint4 a, uint4 b) {
+    return make_uint4(add_f16_pair(a.x, b.x), add_f16_pair(a.y, b.y),
+                      add_f16_pair(a.z, b.z), add_f16_pair(a.w, b.w));
+}
+
+// NAME(ELEM* residual, const ELEM* table, const IDX* slot, int num_tokens, int hidden, int num_slots)
+// VEC: the type one thread loads (ELEM itself, or a 16-byte vector of ELEMs).
+#define STEERING_KERNEL(NAME, ELEM, IDX, VEC, ADD)                                          \
+    extern "C" __global__ void NAME(ELEM* residual, const ELEM* table, const IDX* slot,     \
+                                    int num_tokens, int hidden, int num_slots) {            \
+        const long long per_row = (long long)hidden / (long long)(sizeof(VEC) / sizeof(ELEM)); \
+        const long long first = (long long)blockIdx.x * blockDim.x + threadIdx.x;           \
+        const long long stride = (long long)gridDim.x * blockDim.x;                         \
+        for (long long t = blockIdx.y; t < num_tokens; t += gridDim.y) {                    \
+            const long long s = (long long)slot[t];                                         \
+            if (s <= 0 || s >= (long long)num_slots) continue;                              \
+            VEC* r = (VEC*)(residual + t * (long long)hidden);                              \
+            const VEC* a = (const VEC*)(table + s * (long long)hidden);                     \
+            for (long long i = first; i < per_row; i += stride) {                           \
+                r[i] = ADD(r[i], a[i]);                                                     \
+            }                                                                               \
+        }                                                                                   \
     }
 
-extern "C" __global__ void steering_add_f32(float* residual, const float* table,
-                                            const int* slot, int num_tokens, int hidden) {
-    STEERING_LOOP(residual[idx] += table[src];)
-}
+#define STEERING_KERNELS(DT, ELEM, ADD1, VEC16, ADD16)                              \
+    STEERING_KERNEL(steering_add_##DT##_i32, ELEM, int, ELEM, ADD1)                 \
+    STEERING_KERNEL(steering_add_##DT##_i64, ELEM, long long, ELEM, ADD1)           \
+    STEERING_KERNEL(steering_add_##DT##_i32_v16, ELEM, int, VEC16, ADD16)           \
+    STEERING_KERNEL(steering_add_##DT##_i64_v16, ELEM, long long, VEC16, ADD16)
 
-extern "C" __global__ void steering_add_bf16(unsigned short* residual, const unsigned short* table,
-                                             const int* slot, int num_tokens, int hidden) {
-    STEERING_LOOP(residual[idx] = f32_to_bf16(bf16_to_f32(residual[idx]) + bf16_to_f32(table[src]));)
-}
-
-extern "C" __global__ void steering_add_f16(unsigned short* residual, const unsigned short* table,
-                                            const int* slot, int num_tokens, int hidden) {
-    STEERING_LOOP(residual[idx] = f32_to_f16(f16_to_f32(residual[idx]) + f16_to_f32(table[src]));)
-}
+STEERING_KERNELS(f32, float, add_f32, float4, add_f32_v16)
+STEERING_KERNELS(bf16, unsigned short, add_bf16, uint4, add_bf16_v16)
+STEERING_KERNELS(f16, unsigned short, add_f16, uint4, add_f16_v16)

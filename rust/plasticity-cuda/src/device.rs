@@ -6,9 +6,10 @@
 //! cudarc, and (2) runs the cudarc call under `catch_unwind`, so a machine
 //! without CUDA always gets a `CudaError`, never a panic.
 
+use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{result as dres, CudaContext, CudaStream};
@@ -287,6 +288,34 @@ impl Gpu {
             "opened CUDA device"
         );
         Ok(Gpu { ctx, stream, info })
+    }
+
+    /// The process-wide `Gpu` of device `ordinal`, opened on first use, for
+    /// callers that launch on a stream they own (torch's current stream: see
+    /// [`crate::steering_add_borrowed`]). It creates no stream of its own, so
+    /// opening it never synchronises the context (a new stream would, the first
+    /// time, and that breaks a CUDA-graph capture in progress); its
+    /// [`Gpu::stream`] is the context's legacy default stream.
+    pub fn shared(ordinal: usize) -> Result<Gpu, CudaError> {
+        type Shared = Mutex<HashMap<usize, Gpu>>;
+        static SHARED: OnceLock<Shared> = OnceLock::new();
+        let mut map = SHARED
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(g) = map.get(&ordinal) {
+            return Ok(g.clone());
+        }
+        let info = probe_device(ordinal)?;
+        let (ctx, stream) = guarded(|| {
+            let ctx = CudaContext::new(ordinal)?;
+            let stream = ctx.default_stream();
+            Ok((ctx, stream))
+        })?;
+        tracing::info!(ordinal, name = %info.name, "opened CUDA device for borrowed streams");
+        let gpu = Gpu { ctx, stream, info };
+        map.insert(ordinal, gpu.clone());
+        Ok(gpu)
     }
 
     /// The device's (primary) context.

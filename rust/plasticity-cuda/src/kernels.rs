@@ -15,18 +15,39 @@ use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
 use crate::device::{guarded, require_nvrtc};
 use crate::{CudaError, Gpu};
 
-/// One `.cu` file: its registry name (the file stem) and its source.
+/// One `.cu` file: its registry name (the file stem), its source, and the
+/// NVRTC options it needs beyond the architecture.
 struct KernelSource {
     name: &'static str,
     source: &'static str,
+    options: &'static [&'static str],
 }
 
+/// IEEE single precision operation for operation, as on the CPU: no fused
+/// multiply-add contraction, correctly rounded division and square root,
+/// denormals kept. For kernels whose output must equal the CPU's bit for bit.
+const IEEE_EXACT: &[&str] = &[
+    "--fmad=false",
+    "--prec-div=true",
+    "--prec-sqrt=true",
+    "--ftz=false",
+];
+
 /// Every kernel shipped with plasticity. Paths are relative to this file:
-/// `rust/plasticity-cuda/src/` -> repo root -> `kernels/`.
-const KERNELS: &[KernelSource] = &[KernelSource {
-    name: "steering_add",
-    source: include_str!("../../../kernels/steering_add.cu"),
-}];
+/// `rust/plasticity-cuda/src/` -> repo root -> `kernels/`. A test checks this
+/// list against the files in `kernels/`, so a new `.cu` file must be added here.
+const KERNELS: &[KernelSource] = &[
+    KernelSource {
+        name: "steering_add",
+        source: include_str!("../../../kernels/steering_add.cu"),
+        options: &[],
+    },
+    KernelSource {
+        name: "apollo_projection",
+        source: include_str!("../../../kernels/apollo_projection.cu"),
+        options: IEEE_EXACT,
+    },
+];
 
 /// Names of all registered kernel files (e.g. `"steering_add"`).
 pub fn kernel_names() -> impl Iterator<Item = &'static str> {
@@ -102,15 +123,21 @@ fn pick_arch(cc: (u32, u32)) -> Result<String, CudaError> {
 /// Needs only NVRTC, not a GPU, so it is also how tests check that the
 /// kernels compile on machines without a device.
 pub fn compile_ptx(name: &str, arch: &str) -> Result<Ptx, CudaError> {
-    let source = kernel_source(name).ok_or_else(|| CudaError::UnknownKernel(name.to_string()))?;
+    let entry = KERNELS
+        .iter()
+        .find(|k| k.name == name)
+        .ok_or_else(|| CudaError::UnknownKernel(name.to_string()))?;
+    let source = entry.source;
     require_nvrtc()?;
-    let opts = CompileOptions {
+    let mut options = vec![
         // `arch` is a &'static str in cudarc, so pass the flag as a raw option.
-        options: vec![
-            format!("--gpu-architecture={arch}"),
-            // Line info costs nothing at run time and makes profilers useful.
-            "--generate-line-info".to_string(),
-        ],
+        format!("--gpu-architecture={arch}"),
+        // Line info costs nothing at run time and makes profilers useful.
+        "--generate-line-info".to_string(),
+    ];
+    options.extend(entry.options.iter().map(|o| o.to_string()));
+    let opts = CompileOptions {
+        options,
         name: Some(format!("{name}.cu")),
         ..Default::default()
     };
@@ -148,6 +175,14 @@ fn compile_error(kernel: &str, e: CompileError) -> CudaError {
 }
 
 type ModuleCache = Mutex<HashMap<(usize, &'static str), Arc<CudaModule>>>;
+type FunctionCache = Mutex<HashMap<(usize, String), CudaFunction>>;
+
+/// Loaded entry points, so a launch on the hot path (the steering add, once per
+/// layer per forward) costs a map look-up, not a driver call.
+fn functions() -> &'static FunctionCache {
+    static CACHE: OnceLock<FunctionCache> = OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
 
 /// Process-wide cache of loaded modules. Keyed by ordinal because
 /// [`Gpu::open`] always uses the device's primary context, so every `Gpu` on
@@ -184,7 +219,20 @@ impl Gpu {
 
     /// Function `func` (an `extern "C"` entry point) from kernel file `kernel`.
     pub fn function(&self, kernel: &str, func: &str) -> Result<CudaFunction, CudaError> {
+        let key = (self.ordinal(), format!("{kernel}/{func}"));
+        if let Some(f) = functions()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(f.clone());
+        }
         let module = self.kernel(kernel)?;
-        guarded(|| Ok(module.load_function(func)?))
+        let f = guarded(|| Ok(module.load_function(func)?))?;
+        functions()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, f.clone());
+        Ok(f)
     }
 }

@@ -9,6 +9,8 @@
 mod device;
 mod error;
 mod kernels;
+pub mod launch;
+mod projection;
 mod steering;
 
 pub use device::{
@@ -17,7 +19,11 @@ pub use device::{
 };
 pub use error::CudaError;
 pub use kernels::{compile_ptx, kernel_names, kernel_source, nvrtc_version};
-pub use steering::{steering_add_bf16, steering_add_f16, steering_add_f32};
+pub use projection::{fill_normal, generate_projection};
+pub use steering::{
+    steering_add_bf16, steering_add_borrowed, steering_add_f16, steering_add_f32, steering_entries,
+    steering_entry, stream_on, BorrowedSteering, FloatType, SlotType,
+};
 
 /// Re-exported so callers use the exact cudarc version this crate was built
 /// against (`CudaSlice`, `CudaStream`, ...).

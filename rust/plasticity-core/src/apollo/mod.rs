@@ -348,11 +348,18 @@ impl Workspace {
     }
 }
 
-/// Generate the projection P (r×d, i.i.d. N(0, 1/r)) of `seed` for period `period`.
+/// The normal stream a projection is drawn from: its seed for refresh period
+/// `period` and the standard deviation 1/√r. The one definition, so the CUDA
+/// path (plasticity-cuda's `generate_projection`) draws the same P.
+pub fn projection_stream(seed: u64, period: u64, rank: usize) -> (u64, f32) {
+    (rng::derive(seed, period), 1.0 / (rank as f32).sqrt())
+}
+
+/// Generate the projection P (r×d, i.i.d. N(0, 1/r)) of `seed` for period `period`:
+/// element k is `std ×` element k of `rng`'s normal stream (see [`projection_stream`]).
 pub fn generate_projection(seed: u64, period: u64, rank: usize, d: usize, out: &mut [f32]) {
     assert_eq!(out.len(), rank * d);
-    let s = rng::derive(seed, period);
-    let std = 1.0 / (rank as f32).sqrt();
+    let (s, std) = projection_stream(seed, period, rank);
     passes::fill_normal_parallel(s, std, out);
 }
 
