@@ -52,6 +52,11 @@ class SteeringState:
         from plasticity.steering import torch_op
 
         torch_op.register()
+        if device.type == "cuda":
+            # Compile and load the kernel now, at model load: never first inside a CUDA-graph capture.
+            from plasticity import cuda
+
+            cuda.kernels_ready(device.index if device.index is not None else torch.cuda.current_device())
         self.hidden, self.num_layers, self.dtype, self.device = hidden, num_layers, dtype, device
         self.num_slots = num_slots
         self.max_abs_scale = max_abs_scale

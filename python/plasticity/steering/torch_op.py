@@ -21,10 +21,24 @@ def _cpu(residual: torch.Tensor, table: torch.Tensor, slots: torch.Tensor) -> No
 
 
 def _generic(residual: torch.Tensor, table: torch.Tensor, slots: torch.Tensor) -> None:
-    # Devices without a native kernel yet (CUDA until the GPU issue wires
-    # kernels/steering_add.cu): same semantics in plain torch ops.
+    # Where the CUDA kernel cannot run (no driver or NVRTC in this process, or it failed to
+    # load; plasticity.cuda logs why once): the same sums in plain torch ops.
     n = slots.shape[0]
     residual[:n] += table[slots.long()]
+
+
+def _cuda(residual: torch.Tensor, table: torch.Tensor, slots: torch.Tensor) -> None:
+    # kernels/steering_add.cu on torch's current stream: no sync and no allocation, so it is
+    # captured into CUDA graphs like any torch kernel. Whether the kernel is ready is decided
+    # once per device (plasticity.cuda.kernels_ready) and is a dict look-up afterwards.
+    from plasticity import _plasticity as rs
+    from plasticity import cuda
+
+    dev = residual.device.index if residual.device.index is not None else torch.cuda.current_device()
+    if cuda.kernels_ready(dev) is not None:
+        _generic(residual, table, slots)
+        return
+    rs.steering_add_(residual, table, slots, stream=torch.cuda.current_stream(residual.device).cuda_stream)
 
 
 def register() -> None:
@@ -35,7 +49,7 @@ def register() -> None:
     lib = torch.library.Library("plasticity", "FRAGMENT")
     lib.define("steer_add_(Tensor(a!) residual, Tensor table, Tensor slots) -> ()")
     lib.impl("steer_add_", _cpu, "CPU")
-    lib.impl("steer_add_", _generic, "CUDA")
+    lib.impl("steer_add_", _cuda, "CUDA")
     lib._register_fake("steer_add_", lambda residual, table, slots: None)
     _LIB = lib
 

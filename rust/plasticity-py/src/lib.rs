@@ -19,6 +19,7 @@ macro_rules! by_dtype {
 
 mod apollo;
 mod apollo_sharded;
+mod cuda;
 mod lowrank;
 mod merge;
 mod safetensors_file;
@@ -38,6 +39,10 @@ fn _plasticity(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(apollo::fill_projection, m)?)?;
     m.add_function(wrap_pyfunction!(apollo::bf16_projection_available, m)?)?;
     m.add_function(wrap_pyfunction!(steering::steering_add_, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda::cuda_available, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda::cuda_status, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda::cuda_preload_nvrtc, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda::cuda_load_kernels, m)?)?;
     m.add_function(wrap_pyfunction!(merge::tv_delta_of, m)?)?;
     m.add_function(wrap_pyfunction!(merge::tv_add_delta_, m)?)?;
     m.add_function(wrap_pyfunction!(merge::tv_roundtrip, m)?)?;

@@ -1,11 +1,16 @@
 //! Python binding of the steering addition: `residual[t] += table[slots[t]]`,
-//! in place on torch CPU tensors (the CUDA kernel is wired by the GPU path).
+//! in place, on CPU tensors (plasticity-core) or on CUDA tensors
+//! (plasticity-cuda's kernel, on the stream the caller names: torch's current
+//! stream). The same checks hold on both devices.
 
-use plasticity_core::{steering, Element};
-use pyo3::exceptions::PyValueError;
+use plasticity_core::{steering, DType, Element};
+use plasticity_cuda::{BorrowedSteering, FloatType, SlotType};
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyInt};
 
-use crate::tensor::{require_disjoint, IndexDType, IndexView, SendPtr, TensorView};
+use crate::cuda::cuda_err;
+use crate::tensor::{require_disjoint, Device, IndexDType, IndexView, SendPtr, TensorView};
 
 fn run<T: Element>(
     res: &SendPtr,
@@ -32,25 +37,57 @@ fn run<T: Element>(
     }
 }
 
+/// A CUDA stream handle from Python: a non-negative int that fits a pointer
+/// (torch's `torch.cuda.current_stream().cuda_stream`; 0 is the legacy default stream).
+fn parse_stream(stream: &Bound<'_, PyAny>) -> PyResult<usize> {
+    if stream.is_instance_of::<PyBool>() || !stream.is_instance_of::<PyInt>() {
+        return Err(PyTypeError::new_err(format!(
+            "stream: expected an int (torch.cuda.current_stream().cuda_stream), got {}",
+            stream.get_type().name()?
+        )));
+    }
+    stream.extract::<usize>().map_err(|_| {
+        PyValueError::new_err(format!(
+            "stream: {stream} is not a CUDA stream handle (a non-negative pointer-sized int)"
+        ))
+    })
+}
+
+/// The one device all three tensors live on, or an error naming where each is.
+fn common_device(r: &TensorView, t: &TensorView, s: &IndexView) -> PyResult<Device> {
+    if r.device != t.device || r.device != s.device {
+        return Err(PyValueError::new_err(format!(
+            "residual, table and slots must be on one device: residual is on {}, table on {}, slots on {}",
+            r.device, t.device, s.device
+        )));
+    }
+    Ok(r.device)
+}
+
 /// `residual[t, :] += table[slots[t], :]` for `t < len(slots)`, in place.
 ///
-/// residual: [tokens, hidden] float32/bfloat16/float16, CPU, contiguous.
+/// residual: [tokens, hidden] float32/bfloat16/float16, contiguous.
 /// table: [num_slots, hidden], same dtype; row 0 is "not steered" and never read.
 /// slots: [n] int32/int64 with n ≤ tokens and every value in 0..num_slots.
-/// Everything is checked before the first write.
+/// All three on the CPU, or all three on one CUDA device; then `stream` (an
+/// int, torch's current stream's `cuda_stream`) is the stream the kernel is
+/// queued on, and nothing synchronises (so it can be captured in a CUDA graph).
+/// Everything is checked before the first write. On the CPU a slot outside the
+/// table is an error; on CUDA it cannot be checked without a host sync, so the
+/// kernel leaves that token untouched and reads nothing outside the table.
 #[pyfunction]
+#[pyo3(signature = (residual, table, slots, stream = None))]
 pub fn steering_add_(
     py: Python<'_>,
     residual: &Bound<'_, PyAny>,
     table: &Bound<'_, PyAny>,
     slots: &Bound<'_, PyAny>,
+    stream: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<()> {
     let r = TensorView::new(residual, "residual")?;
     let t = TensorView::new(table, "table")?;
     let s = IndexView::new(slots, "slots")?;
-    r.require_cpu()?;
-    t.require_cpu()?;
-    s.require_cpu()?;
+    let device = common_device(&r, &t, &s)?;
     t.require_dtype(r.dtype)?;
     if r.shape.len() != 2 {
         return Err(PyValueError::new_err(format!(
@@ -91,11 +128,53 @@ pub fn steering_add_(
         ));
     }
     let hidden = r.shape[1];
-    let (n_res, n_tab, n) = (r.numel(), t.numel(), s.numel());
     let i64s = s.dtype == IndexDType::I64;
-    let (rp, tp, sp) = (SendPtr(r.ptr), SendPtr(t.ptr), SendPtr(s.ptr));
-    let dtype = r.dtype;
-    // Small work: release the GIL anyway so a Python trainer thread is not blocked.
-    py.detach(move || by_dtype!(dtype, run(&rp, n_res, hidden, &tp, n_tab, &sp, n, i64s)))
-    .map_err(|e| PyValueError::new_err(e.to_string()))
+    match device {
+        Device::Cpu => {
+            if stream.is_some() {
+                return Err(PyValueError::new_err(
+                    "stream: given for CPU tensors; it names the CUDA stream of CUDA tensors",
+                ));
+            }
+            let (n_res, n_tab, n) = (r.numel(), t.numel(), s.numel());
+            let (rp, tp, sp) = (SendPtr(r.ptr), SendPtr(t.ptr), SendPtr(s.ptr));
+            let dtype = r.dtype;
+            // Small work: release the GIL anyway so a Python trainer thread is not blocked.
+            py.detach(move || by_dtype!(dtype, run(&rp, n_res, hidden, &tp, n_tab, &sp, n, i64s)))
+                .map_err(|e| PyValueError::new_err(e.to_string()))
+        }
+        Device::Cuda(ordinal) => {
+            let stream = stream.ok_or_else(|| {
+                PyValueError::new_err(
+                    "stream: CUDA tensors need the stream to queue on (stream=torch.cuda.current_stream().cuda_stream)",
+                )
+            })?;
+            let stream = parse_stream(stream)?;
+            let ordinal = usize::try_from(ordinal)
+                .map_err(|_| PyValueError::new_err(format!("residual: bad CUDA ordinal {ordinal}")))?;
+            let b = BorrowedSteering {
+                residual: r.ptr as u64,
+                table: t.ptr as u64,
+                slot: s.ptr as u64,
+                num_tokens: s.numel(),
+                hidden,
+                num_slots: t.shape[0],
+                float: match r.dtype {
+                    DType::F32 => FloatType::F32,
+                    DType::BF16 => FloatType::BF16,
+                    DType::F16 => FloatType::F16,
+                },
+                slot_type: if i64s { SlotType::I64 } else { SlotType::I32 },
+            };
+            let gpu = crate::cuda::gpu(ordinal)?;
+            // SAFETY: the three views were checked above (dtype, shape, contiguity,
+            // one device, no overlap) and torch keeps the memory alive in stream order;
+            // the stream handle comes from torch (its type and device are checked).
+            py.detach(move || unsafe { plasticity_cuda::steering_add_borrowed(&gpu, stream, &b) })
+                .map_err(cuda_err)
+        }
+        Device::Other(d) => Err(PyValueError::new_err(format!(
+            "residual: unsupported device type {d}"
+        ))),
+    }
 }

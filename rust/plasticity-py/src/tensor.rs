@@ -61,6 +61,16 @@ pub enum Device {
     Other(i32),
 }
 
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(i) => write!(f, "cuda:{i}"),
+            Device::Other(d) => write!(f, "DLPack device type {d}"),
+        }
+    }
+}
+
 /// A checked, borrowed view of a torch tensor's memory.
 pub struct TensorView<'py> {
     /// Keeps the exporting tensor (and so the memory) alive.
@@ -93,9 +103,15 @@ fn borrow<'py>(obj: &Bound<'py, PyAny>, name: &'static str) -> PyResult<Borrowed
         )));
     }
     // detach(): same storage, no autograd (DLPack refuses tensors requiring grad).
+    // stream=-1: export without any cross-stream synchronisation. Torch's default for
+    // a CUDA tensor differs between versions (None meant "sync with the legacy default
+    // stream" in some), and an event on the legacy stream fails inside a CUDA-graph
+    // capture; the CUDA paths order their work on the stream they are given instead.
+    let kwargs = pyo3::types::PyDict::new(obj.py());
+    kwargs.set_item("stream", -1)?;
     let capsule = obj
         .call_method0("detach")
-        .and_then(|t| t.call_method0("__dlpack__"))
+        .and_then(|t| t.call_method("__dlpack__", (), Some(&kwargs)))
         .map_err(|e| {
             PyValueError::new_err(format!("{name}: cannot be borrowed zero-copy ({e})"))
         })?;
