@@ -10,6 +10,11 @@ bash scripts/setup.sh
 bash scripts/setup_steering_interop.sh
 # Side venv with mergekit 0.1.5 for the task-vector merge comparison.
 bash scripts/setup_mergekit.sh
+# NVRTC from PyPI in a side folder: plasticity-cuda's tests compile every kernel with it (no GPU
+# needed), and fail rather than skip when it or the C++ compiler (the kernels' RNG run on the host)
+# is missing.
+PLASTICITY_NVRTC_LIB=$(bash scripts/setup_nvrtc.sh)
+export PLASTICITY_NVRTC_LIB PLASTICITY_REQUIRE_NVRTC=1 PLASTICITY_REQUIRE_CXX=1
 echo "== cargo test --workspace"
 cargo test --workspace --release
 echo "== pytest (set-up and cargo test took ${SECONDS} s)"

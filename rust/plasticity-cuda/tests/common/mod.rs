@@ -14,10 +14,23 @@ pub fn venv_nvrtc() -> Option<PathBuf> {
     })
 }
 
-/// Preload the venv's NVRTC (if present) before anything caches `nvrtc_present()`.
+/// Preload NVRTC before anything caches `nvrtc_present()`: the file named by
+/// `$PLASTICITY_NVRTC_LIB` when set (scripts/test.sh's side install, the GPU
+/// host's torch wheel), else the venv's. A named file that does not load fails
+/// the test under PLASTICITY_REQUIRE_NVRTC=1.
 pub fn preload_venv_nvrtc() {
-    if let Some(p) = venv_nvrtc() {
-        if let Err(e) = plasticity_cuda::preload_nvrtc(&p) {
+    let named = std::env::var_os(plasticity_cuda::NVRTC_LIB_ENV).map(PathBuf::from);
+    let Some(p) = named.clone().or_else(venv_nvrtc) else {
+        return;
+    };
+    match plasticity_cuda::preload_nvrtc(&p) {
+        Ok(()) => println!("NVRTC preloaded from {}", p.display()),
+        Err(e) => {
+            assert!(
+                named.is_none() || std::env::var_os("PLASTICITY_REQUIRE_NVRTC").is_none(),
+                "PLASTICITY_REQUIRE_NVRTC: cannot load {}: {e}",
+                p.display()
+            );
             println!("could not preload {}: {e}", p.display());
         }
     }
