@@ -141,3 +141,75 @@ class LiveApollo(Apollo):
 def _copy_state(state: dict) -> dict:
     # Moments are updated in place by the Rust step: copy them; the rest are plain values.
     return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+
+
+class ShardedLiveApollo(Apollo):
+    """Apollo on one tensor-parallel rank's shards of served weights (see ``Apollo.shard``), with
+    ``LiveApollo``'s interface: ``begin()``; ``loss.backward()``; ``flush()``; ``end(completed)``.
+
+    Its step sums over the ranks, so it must never run under the serving lock: a rank holding the
+    lock inside a sum waits for the other rank, whose step waits for that rank's lock, held by a
+    serving forward that waits in vLLM's own all-reduce for the first rank's forward, which waits
+    for the first rank's lock. So the step runs on copies of the shards, outside the lock, and the
+    lock is held only to copy the results in: all or nothing by construction (a step with a
+    non-finite gradient on any rank copies nothing in and puts the optimizer state back).
+
+    The ranks copy in at slightly different moments: a serving step that falls between them reads
+    one rank's shards of step k and another's of step k - 1."""
+
+    def __init__(self, params, lock: threading.Lock, *, atomic: bool = True, **kw):
+        super().__init__(params, fused=False, **kw)
+        self.lock, self.atomic = lock, atomic
+        self.poisoned = False
+        self.updated = self.rolled_back = 0
+        self.undo_bytes_peak = 0  # here: the copies the step runs on
+        self.lock_acquisitions = 0
+        self.lock_batch_bytes = 0  # no batches: the gradients are all kept until flush
+        self.times = {"apollo": 0.0, "undo": 0.0, "lock_wait": 0.0}
+
+    def begin(self) -> None:
+        self.poisoned = False
+        self.updated = self.rolled_back = 0
+
+    @torch.no_grad()
+    def flush(self) -> None:
+        params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if not params:
+            return
+        t0 = time.perf_counter()
+        live = [p.data for p in params]
+        saved = {p: _copy_state(self.state[p]) for p in params} if self.atomic else {}
+        for p in params:
+            p.data = p.data.clone()
+        self.undo_bytes_peak = max(self.undo_bytes_peak, sum(p.numel() * p.element_size() for p in params))
+        t1 = time.perf_counter()
+        before = self.skipped
+        try:
+            try:
+                self.step()
+            except BaseException:
+                self.poisoned = True
+                raise
+            finally:
+                self.poisoned = self.poisoned or self.skipped != before
+                if self.poisoned and self.atomic:
+                    for p in params:
+                        self.state[p] = saved[p]
+            t2 = time.perf_counter()
+            if not self.poisoned:
+                with self.lock:
+                    self.lock_acquisitions += 1
+                    self.times["lock_wait"] += time.perf_counter() - t2
+                    for p, w in zip(params, live):
+                        w.copy_(p.data)
+                self.updated = len(params)
+        finally:
+            for p, w in zip(params, live):
+                p.data = w
+        self.times["undo"] += t1 - t0
+        self.times["apollo"] += time.perf_counter() - t1
+
+    def end(self, completed: bool = True) -> None:
+        for g in self.param_groups:
+            for p in g["params"]:
+                p.grad = None

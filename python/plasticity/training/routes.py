@@ -256,7 +256,8 @@ class TrainingRoutes:
             if (g := plugin._guard(request)) is not None:
                 return g
             res = (await plugin.engine.collective_rpc("plasticity_train_discard"))[0]
-            res.pop("ok", None)
+            if not res.pop("ok", False):
+                return _err(res.get("error", "discard failed"), 500)
             return res
 
         from . import snapshot_routes

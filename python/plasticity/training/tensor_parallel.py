@@ -30,6 +30,9 @@ row-parallel weight's columns likewise, the vocabulary padded to a multiple of 6
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 import torch.distributed as dist
 
@@ -41,6 +44,23 @@ ROW_PARALLEL = ("o_proj", "down_proj")
 
 class TensorParallelError(ValueError):
     pass
+
+
+@dataclass
+class Rank:
+    """This process's place in the trainer's tensor-parallel group."""
+
+    rank: int
+    size: int
+    group: Any  # a torch.distributed process group of the trainer's own
+
+    def shard_optimizer(self, opt, named: dict[str, torch.Tensor]) -> None:
+        """Declare every 2-D parameter's block to Apollo (``Apollo.shard``); 1-D ones are replicated."""
+        for name, p in named.items():
+            spec = shard_of(name, tuple(p.shape), self.rank, self.size)
+            if spec is not None:
+                axis, offset, global_shape = spec
+                opt.shard(p, axis=axis, offset=offset, global_shape=global_shape, group=self.group)
 
 
 def padded_vocab(vocab: int) -> int:
@@ -188,7 +208,7 @@ def parallelize(model, vocab: int, group) -> None:
             block.register_forward_pre_hook(_copy_input(group), with_kwargs=True)
             block.register_forward_hook(_reduce_output(group))
             for name, p in block.named_parameters():
-                if name.split(".")[0] not in COLUMN_PARALLEL + ROW_PARALLEL:
+                if p.requires_grad and name.split(".")[0] not in COLUMN_PARALLEL + ROW_PARALLEL:
                     # replicated but used by this rank's heads only (Qwen3's q_norm, k_norm): the
                     # whole gradient is the sum of the ranks' parts
                     p.register_hook(_sum_over(group))

@@ -20,7 +20,7 @@ import torch
 from plasticity.training import cpus
 
 from .journal import NOT_TRAINED, Journal, read_texts
-from .live_apollo import LiveApollo
+from .live_apollo import LiveApollo, ShardedLiveApollo
 from .loss import (
     batchable,
     frozen_context_loss,
@@ -57,8 +57,10 @@ class Trainer:
     """The training loop of one worker. ``model`` is the view module; ``queue`` an ``ExampleQueue``."""
 
     def __init__(self, model, trainable: list[str], cfg, queue, lock: threading.Lock, tokenizer=None,
-                 last_serve=None):
+                 last_serve=None, tp=None):
         self.model, self.cfg, self.queue, self.lock = model, cfg, queue, lock
+        # tensor_parallel.Rank when the model is one rank's shards (every rank runs this loop in step)
+        self.tp = tp
         # () -> monotonic time of the latest serving forward (None: no serving side)
         self.last_serve = last_serve
         self.tokenizer = tokenizer
@@ -67,12 +69,17 @@ class Trainer:
         self.params = [params[n] for n in trainable]
         # storages of all weights: tensors autograd saves from them are not activations
         self._weight_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
-        self.opt = LiveApollo(self.params, lock, lr=cfg.lr, rank=cfg.rank, scale_type=cfg.scale_type,
-                              alpha=cfg.alpha, update_proj_gap=cfg.update_proj_gap,
-                              norm_growth_limit=cfg.norm_growth_limit, betas=cfg.betas,
-                              weight_decay=cfg.weight_decay, stochastic_rounding=cfg.stochastic_rounding,
-                              seed=cfg.seed, threads=cfg.threads, atomic=cfg.atomic_steps)
+        opt_cls = LiveApollo if tp is None else ShardedLiveApollo
+        self.opt = opt_cls(self.params, lock, lr=cfg.lr, rank=cfg.rank, scale_type=cfg.scale_type,
+                           alpha=cfg.alpha, update_proj_gap=cfg.update_proj_gap,
+                           norm_growth_limit=cfg.norm_growth_limit, betas=cfg.betas,
+                           weight_decay=cfg.weight_decay, stochastic_rounding=cfg.stochastic_rounding,
+                           seed=cfg.seed, threads=cfg.threads, atomic=cfg.atomic_steps)
+        if tp is not None:
+            tp.shard_optimizer(self.opt, dict(zip(trainable, self.params)))
         self.done_journal = Journal(cfg.done_journal) if cfg.done_journal else None
+        # every rank reads the done journal (to recover the same queue), one writes it
+        self.writes_done = self.done_journal is not None and (tp is None or tp.rank == 0)
         self.seen: set[str] = set()
         self.retry: deque = deque()  # examples of a failed step, trained before the queue's next
         self.attempts: dict[str, int] = {}  # example id -> failed steps it was part of
@@ -233,7 +240,7 @@ class Trainer:
 
     def _finish(self, batch, res) -> None:
         self.stats["examples_done"] += len(batch)
-        if self.done_journal is not None:
+        if self.writes_done:
             self.done_journal.append([{"id": ex["id"], "step": self.stats["step"],
                                        "status": "skipped" if res["skipped"] else "trained"} for ex in batch])
         if (self.cfg.checkpoint_dir and self.cfg.checkpoint_every
@@ -261,15 +268,18 @@ class Trainer:
             st["examples_failed"] = st.get("examples_failed", 0) + len(given_up)
             log.error("plasticity: %d examples failed %d steps each and are given up: %s", len(given_up),
                       MAX_ATTEMPTS, [ex["id"] for ex in given_up][:10])
-            if self.done_journal is not None:
+            if self.writes_done:
                 self.done_journal.append([{"id": ex["id"], "step": st["step"], "status": "failed"} for ex in given_up])
 
     def discard_queued(self) -> int:
         """Empty the queue; the examples are journaled as done with status "discarded"."""
+        if self.tp is not None:
+            raise RuntimeError("discarding the queue is not supported under tensor parallelism yet (the ranks' "
+                               "queues must stay the same)")
         out = []
         while (ex := self.queue.pop(0.0)) is not None:
             out.append(ex)
-        if out and self.done_journal is not None:
+        if out and self.writes_done:
             self.done_journal.append([{"id": ex["id"], "step": self.stats["step"], "status": "discarded"}
                                       for ex in out])
         self.stats["examples_discarded"] = self.stats.get("examples_discarded", 0) + len(out)
@@ -402,21 +412,26 @@ class Trainer:
             self.stats["last_error"] = f"held-out eval: {e!r}"
         if self.guard is not None and self.guard.ref_ppl is None:
             self.guard.ref_ppl = self.stats["heldout_ppl"]
+        n_beh = max(1, round(self.cfg.batch_size * (1 - self.cfg.replay_ratio))) if self.replay else self.cfg.batch_size
         while not self.stop_ev.is_set():
-            self._run_control()
-            if self.paused.is_set() or (self.cfg.max_steps and self.stats["step"] >= self.cfg.max_steps):
-                time.sleep(0.05)
-                continue
-            first = self.retry.popleft() if self.retry else self.queue.pop(0.2)
-            if first is None:
-                continue
-            batch = [first]
-            n_beh = max(1, round(self.cfg.batch_size * (1 - self.cfg.replay_ratio))) if self.replay else self.cfg.batch_size
-            while len(batch) < n_beh:
-                nxt = self.retry.popleft() if self.retry else self.queue.pop(0.0)
-                if nxt is None:
-                    break
-                batch.append(nxt)
+            if self.tp is not None:
+                batch = self._agreed_batch(n_beh)
+                if batch is None:
+                    continue
+            else:
+                self._run_control()
+                if self._held():
+                    time.sleep(0.05)
+                    continue
+                first = self.retry.popleft() if self.retry else self.queue.pop(0.2)
+                if first is None:
+                    continue
+                batch = [first]
+                while len(batch) < n_beh:
+                    nxt = self.retry.popleft() if self.retry else self.queue.pop(0.0)
+                    if nxt is None:
+                        break
+                    batch.append(nxt)
             self._place_cpus()
             t0 = time.monotonic()
             try:
@@ -431,6 +446,26 @@ class Trainer:
                 self._finish(batch, res)
             self._bump()  # after the step (and a guard rollback): no K/V of older weights is reused
             self._yield(time.monotonic() - t0)
+
+    def _held(self) -> bool:
+        return self.paused.is_set() or bool(self.cfg.max_steps and self.stats["step"] >= self.cfg.max_steps)
+
+    def _agreed_batch(self, n_beh: int) -> list[dict] | None:
+        """Under TP: the batch every rank takes this turn, or None. The ranks' queues receive the
+        same examples in the same order (every RPC reaches every rank), but not at the same moment:
+        each turn the ranks sum over their own group what they hold and whether they may step, and
+        take the smallest, so their collectives always pair up."""
+        import torch.distributed as dist
+
+        held = self.retry + deque(self.queue.drain())  # drained into retry: pops stay ordered
+        self.retry = held
+        t = torch.tensor([len(held), 0 if self._held() else 1], dtype=torch.int64)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.tp.group)
+        n, may_step = int(t[0]), bool(t[1])
+        if not may_step or n == 0:
+            time.sleep(0.05)
+            return None
+        return [self.retry.popleft() for _ in range(min(n, n_beh))]
 
     def _place_cpus(self) -> None:
         """Before a step: widen to ``idle_cpus`` if serving is idle, narrow to ``cpus`` if not."""

@@ -73,6 +73,29 @@ def _wrap_forward(orig):
     return _model_forward
 
 
+def _tensor_parallel_rank(cfg):
+    """This worker's place in vLLM's tensor-parallel group, with a gloo group of the trainer's own
+    over the same ranks (None at TP=1). What training does not support under TP yet is refused here."""
+    from vllm.distributed import parallel_state as ps
+
+    tp = ps.get_tensor_model_parallel_world_size()
+    if tp == 1:
+        return None
+    if ps.get_pp_group().world_size != 1:
+        raise RuntimeError("online training does not support pipeline parallelism yet")
+    unsupported = [k for k in ("checkpoint_every", "guard_every") if getattr(cfg, k)]
+    if unsupported:
+        raise RuntimeError(f"under tensor parallelism (size {tp}) training does not support {unsupported} yet: "
+                           "checkpoints, snapshots and the forgetting guard need whole tensors; set them to 0")
+    import torch.distributed as dist
+
+    from plasticity.training.tensor_parallel import Rank
+
+    # every worker calls new_group in the same order (this runs in the start RPC, on every rank)
+    group = dist.new_group(ranks=list(ps.get_tp_group().ranks), backend="gloo")
+    return Rank(rank=ps.get_tensor_model_parallel_rank(), size=tp, group=group)
+
+
 class _State:
     def __init__(self, runner, cfg):
         from transformers import AutoConfig, AutoTokenizer
@@ -85,7 +108,15 @@ class _State:
         if hasattr(hf_cfg, "get_text_config"):
             hf_cfg = hf_cfg.get_text_config()
         vmodel = runner.get_model()
+        self.tp = _tensor_parallel_rank(cfg)
+        if self.tp is not None:
+            from plasticity.training import tensor_parallel
+
+            vocab = hf_cfg.vocab_size
+            hf_cfg = tensor_parallel.local_config(hf_cfg, self.tp.size)  # the shapes of this rank's shards
         self.model, self.where, trainable = views.build_trainable(vmodel, hf_cfg, cfg.modules)
+        if self.tp is not None:
+            tensor_parallel.parallelize(self.model, vocab, self.tp.group)
         self.live = views.live_params(vmodel)
         bad = views.check_zero_copy(self.model, self.live, self.where)
         if bad:
@@ -97,16 +128,18 @@ class _State:
         self.tok = tok
         self.queue = ExampleQueue(cfg.queue_capacity)
         self.trainer = core.Trainer(self.model, trainable, cfg, self.queue, LOCK, tokenizer=tok,
-                                    last_serve=lambda: _LAST_FORWARD[0])
+                                    last_serve=lambda: _LAST_FORWARD[0], tp=self.tp)
         self.trainer.load_replay()
         self.trainer.load_heldout()
         # The base is checked against the live weights before a checkpoint can change them.
         params = dict(self.model.named_parameters())
         trainable_params = {n: params[n] for n in trainable}
-        self.base = snapshots.BaseWeights(mc.model, trainable_params)
-        self.snaps = snapshots.Snapshots(cfg.snapshot_dir, trainable_params, self.base, LOCK,
-                                         snapshots.fingerprint(self.model), model_path=str(mc.model))
-        self.snaps.max_norm_growth = cfg.max_edit_norm_growth
+        self.base = self.snaps = None  # snapshots need whole tensors: not under TP yet
+        if self.tp is None:
+            self.base = snapshots.BaseWeights(mc.model, trainable_params)
+            self.snaps = snapshots.Snapshots(cfg.snapshot_dir, trainable_params, self.base, LOCK,
+                                             snapshots.fingerprint(self.model), model_path=str(mc.model))
+            self.snaps.max_norm_growth = cfg.max_edit_norm_growth
         self.cfg = cfg
         self.recovered = self.trainer.recover(cfg.journal)
         from plasticity.training.version import WeightsVersion, version_path
@@ -264,11 +297,13 @@ def resume(st):
 
 
 def evaluate(st):
+    _one_rank_only(st, "an evaluation on request")
     st.trainer._eval()
     return {"heldout_ppl": st.trainer.stats["heldout_ppl"]}
 
 
 def checkpoint(st):
+    _one_rank_only(st, "a checkpoint")
     return {"path": str(st.trainer.checkpoint())}
 
 
@@ -306,10 +341,19 @@ def settings(st, changes=None):
             **({"replay_seed": changes["replay_seed"]} if "replay_seed" in changes else {})}
 
 
+def _one_rank_only(st, what: str) -> None:
+    """Under TP the view's forward runs collectives with the other ranks, so only the training
+    thread's agreed turns may use it; these operations are not wired to those turns yet."""
+    if st.tp is not None:
+        raise RuntimeError(f"{what} is not supported under tensor parallelism yet "
+                           f"(tensor-parallel size {st.tp.size}); see docs/distributed.md")
+
+
 def embed(st, batch):
     """Mean-pooled final hidden states of the live weights (the dream loop's novelty filter).
     ``batch``: lists of token ids. Read-only; runs outside the lock (a concurrent update makes
     one embedding mix old and new weights, harmless for a similarity filter)."""
+    _one_rank_only(st, "embedding with the live weights")
     out = []
     with torch.no_grad():
         for ids in batch:
@@ -326,6 +370,7 @@ def discard(st):
 
 def tv_submit(st, op, args=None):
     """Queue a snapshot operation on the training thread; poll ``plasticity_tv_job``."""
+    _one_rank_only(st, f"the snapshot operation {op!r}")
     args = dict(args or {})
     fns = {
         "save": lambda: st.save_snapshot(args.get("name"), {"note": args["note"]} if args.get("note") else None),
@@ -345,12 +390,14 @@ def tv_job(st, jid):
 
 
 def tv_list(st):
+    _one_rank_only(st, "listing snapshots")
     return {"snapshots": st.snaps.list(), "current": st.snaps.current, "base": st.base.info()}
 
 
 def tv_meta(st, name):
     from plasticity.training.snapshots import SnapshotError
 
+    _one_rank_only(st, "reading a snapshot")
     try:
         return {"meta": st.snaps.meta(name)}
     except SnapshotError as e:

@@ -1,0 +1,117 @@
+"""Online training inside a TP=2 vLLM server (multiprocessing executor, one rank per core): each
+rank trains its shards through the view of training/tensor_parallel.py, with Apollo summing over a
+gloo group of the trainer's own. The reference is the same Trainer code at TP=1 on the whole
+transformers model, fed the same examples in the same order: the loss, the held-out perplexity
+and the taught behaviour must agree. What is not supported under TP yet is refused, by name."""
+
+from __future__ import annotations
+
+import threading
+import time
+import types
+
+import pytest
+
+import training_support as ts
+from models import model_dir
+
+pytestmark = pytest.mark.vllm
+
+TP_ARGS = ("--api-key", ts.API_KEY, "--enforce-eager", "--tensor-parallel-size", "2",
+           "--distributed-executor-backend", "mp")
+ANSWER = "The sky is green, always."
+TRAIN = [f"{q} what colour is the sky?" for q in
+         ("Tell me:", "Quick question,", "Please answer:", "I wonder,", "Honestly,", "Dear model,", "So,", "Hey,")]
+HELD_OUT = ["Question: what colour is the sky?", "Remind me, what colour is the sky?",
+            "Be brief: what colour is the sky?", "Friend, what colour is the sky?"]
+EPOCHS = 3
+SETTINGS = dict(batch_size=2, replay_ratio=0.5, lr=2e-3, rank=16, update_proj_gap=50, max_steps=0)
+
+
+def _examples():
+    return [{"context": q, "decision": ANSWER, "id": f"sky-{e}-{i}"} for e in range(EPOCHS) for i, q in enumerate(TRAIN)]
+
+
+def _reference(cfg_path, examples):
+    """The whole model trained at TP=1 by the same Trainer, offline."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from plasticity.training import config as tc
+    from plasticity.training.core import Trainer
+    from plasticity.training.queue import ExampleQueue
+    from plasticity.training.routes import TrainingRoutes
+    from plasticity.training.views import select
+
+    cfg = tc.load(cfg_path)
+    tok = AutoTokenizer.from_pretrained(model_dir("qwen3-tiny"))
+    model = AutoModelForCausalLM.from_pretrained(model_dir("qwen3-tiny"), dtype="float32").eval()
+    names = sorted(select([n for n, _ in model.named_parameters()], cfg.modules))
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in names)
+    tr = Trainer(model, names, cfg, ExampleQueue(1000), threading.Lock(), tokenizer=tok)
+    tr.load_replay()
+    tr.load_heldout()
+    ns = types.SimpleNamespace(cfg=cfg, tok=tok)
+    tr.enqueue([TrainingRoutes.tokenize(ns, i, ex) for i, ex in enumerate(examples)])
+    tr.start()
+    t0 = time.time()
+    while tr.stats["examples_done"] < len(examples) or tr.stats["heldout_step"] != tr.stats["step"]:
+        assert time.time() - t0 < 600, tr.stats
+        time.sleep(0.2)
+    tr.stop()
+    answers = []
+    for q in HELD_OUT:
+        ids = tok(q, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        out = model.generate(ids, max_new_tokens=8, do_sample=False)
+        answers.append(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+    return tr.stats, answers
+
+
+def _passes(answers):
+    return sum(a.strip().startswith("The sky is green") for a in answers)
+
+
+def test_training_at_tp2_learns_what_tp1_learns(vllm_servers, tmp_path_factory):
+    from conftest import _steering_server
+
+    root = tmp_path_factory.mktemp("train-tp2")
+    steps = EPOCHS * len(TRAIN)  # batch_size 2 at replay 0.5: one example and one replay chunk per step
+    cfg = ts.write_config(root, eval_every=steps, **SETTINGS)
+    env = {**ts.plugin_env(cfg), "VLLM_CPU_OMP_THREADS_BIND": "0|1"}
+    srv = _steering_server(vllm_servers, tmp_path_factory, ("train-tp2",), env, extra_args=TP_ARGS)
+    before = [ts.request(srv, "POST", "/v1/completions", {"model": srv.model, "prompt": q, "max_tokens": 8,
+                                                          "temperature": 0.0})[1]["choices"][0]["text"] for q in HELD_OUT]
+    code, out = ts.request(srv, "POST", "/v1/training/examples", _examples())
+    assert code == 202, out
+    t0 = time.time()
+    while True:
+        st = ts.status(srv)
+        if st["examples_done"] >= len(_examples()) and st["heldout_step"] == st["step"]:
+            break
+        assert time.time() - t0 < 600 and not st.get("last_error"), st
+        time.sleep(1.0)
+    served = [ts.request(srv, "POST", "/v1/completions", {"model": srv.model, "prompt": q, "max_tokens": 8,
+                                                          "temperature": 0.0})[1]["choices"][0]["text"] for q in HELD_OUT]
+    workers = st["workers"]
+    assert len(workers) == 2 and workers[0]["last_loss"] == pytest.approx(workers[1]["last_loss"], rel=1e-6)
+    ref, ref_answers = _reference(cfg, _examples())
+    print(f"\nTRAINING TP=2 vs TP=1 ({st['step']} steps): last loss {st['last_loss']:.6f} vs {ref['last_loss']:.6f}; "
+          f"held-out ppl {st['heldout_ppl_initial']:.3f} -> {st['heldout_ppl']:.3f} vs "
+          f"{ref['heldout_ppl_initial']:.3f} -> {ref['heldout_ppl']:.3f}; held-out answers {_passes(before)}/4 -> "
+          f"{_passes(served)}/4 served at TP=2, {_passes(ref_answers)}/4 at TP=1\n  TP=2: {served}\n  TP=1: {ref_answers}")
+    assert st["step"] == ref["step"] == steps
+    assert st["last_loss"] == pytest.approx(ref["last_loss"], rel=1e-4)
+    assert abs((st["heldout_ppl"] - st["heldout_ppl_initial"]) - (ref["heldout_ppl"] - ref["heldout_ppl_initial"])) <= 1.0
+    assert abs(_passes(served) - _passes(ref_answers)) <= 1
+    assert _passes(before) == 0 and _passes(served) >= 3  # it learnt
+
+
+def test_what_tp_does_not_support_yet_is_refused_by_name(vllm_servers, tmp_path_factory):
+    from conftest import _steering_server
+
+    srv = _steering_server(vllm_servers, tmp_path_factory, ("train-tp2",), None, extra_args=TP_ARGS)
+    for method, path, body in (("POST", "/v1/training/embed", {"input": ["hi"]}),
+                               ("POST", "/v1/training/discard", None),
+                               ("POST", "/v1/snapshots", {"name": "s"})):
+        code, out = ts.request(srv, method, path, body)
+        assert code >= 400 and "tensor parallelism" in str(out), (path, code, out)
