@@ -115,3 +115,59 @@ def test_what_tp_does_not_support_yet_is_refused_by_name(vllm_servers, tmp_path_
                                ("POST", "/v1/snapshots", {"name": "s"})):
         code, out = ts.request(srv, method, path, body)
         assert code >= 400 and "tensor parallelism" in str(out), (path, code, out)
+
+
+@pytest.mark.slow
+def test_a_rank_killed_mid_training_loses_nothing_and_trains_nothing_twice(vllm_servers, tmp_path):
+    """SIGKILL one rank's worker mid-training: vLLM stops the whole server. Restarted at TP=2 (no
+    checkpoints under TP: the weights start from the model files), every accepted example is
+    trained again exactly once, and the result is the uninterrupted run's."""
+    import psutil
+
+    from vllm_server import VLLMServer
+
+    vllm_servers.close()  # one server at a time on 2 cores
+    examples = _examples()
+    cfg = ts.write_config(tmp_path, eval_every=len(examples), **{**SETTINGS, "yield_ms": 200.0})
+    env = {**ts.plugin_env(cfg), "VLLM_CPU_OMP_THREADS_BIND": "0|1"}
+    s1 = VLLMServer(model_dir("qwen3-tiny"), dtype="float32", extra_args=TP_ARGS, env=env,
+                    log_path=tmp_path / "s1.log").start()
+    try:
+        assert ts.request(s1, "POST", "/v1/training/examples", examples)[0] == 202
+        t0 = time.time()
+        while ts.status(s1)["examples_done"] < 4:
+            assert time.time() - t0 < 300
+            time.sleep(0.1)
+        done_at_kill = ts.status(s1)["examples_done"]
+        rank1 = [p for p in psutil.Process(s1.proc.pid).children(recursive=True) if "Worker_TP1" in " ".join(p.cmdline())
+                 or p.name().endswith("Worker_TP1")]
+        assert len(rank1) == 1, [p.name() for p in psutil.Process(s1.proc.pid).children(recursive=True)]
+        rank1[0].kill()
+        assert s1.proc.wait(120) is not None  # vLLM takes the whole server down
+    finally:
+        s1.stop()
+    from plasticity.training.core import Journal
+
+    done_path = tmp_path / "journal.jsonl.done"
+    n_before = len(Journal(done_path).read())  # what the killed server wrote (one writer: rank 0)
+    assert done_at_kill <= n_before < len(examples)
+    s2 = VLLMServer(model_dir("qwen3-tiny"), dtype="float32", extra_args=TP_ARGS, env=env,
+                    log_path=tmp_path / "s2.log").start()
+    try:
+        st = ts.status(s2)
+        assert st["recovered"] == len(examples), st  # no checkpoint: all of them, from the journal
+        t0 = time.time()
+        while not (st["examples_done"] >= len(examples) and st["heldout_step"] == st["step"]):
+            assert time.time() - t0 < 600 and not st.get("last_error"), st
+            time.sleep(1.0)
+            st = ts.status(s2)
+    finally:
+        s2.stop()
+    after = [r["id"] for r in Journal(done_path).read()[n_before:]]  # written by the restarted server
+    assert sorted(after) == sorted(ex["id"] for ex in examples)  # each once, none lost
+    ref, _ = _reference(cfg, examples)
+    print(f"\nTP=2 KILL-RESTART: rank 1 killed after {n_before} examples; restarted run {st['step']} steps, "
+          f"last loss {st['last_loss']:.6f} (uninterrupted TP=1: {ref['last_loss']:.6f}), held-out ppl "
+          f"{st['heldout_ppl']:.3f} ({ref['heldout_ppl']:.3f})")
+    assert st["step"] == ref["step"] and st["last_loss"] == pytest.approx(ref["last_loss"], rel=1e-4)
+    assert st["heldout_ppl"] == pytest.approx(ref["heldout_ppl"], rel=1e-4)
