@@ -3,7 +3,7 @@
 
     .venv/bin/python scripts/bench_training.py [--model smollm2-135m-instruct] [--threads 2]
         [--batch 4] [--ctx 64] [--dec 64] [--steps 6] [--autocast off|bf16]
-        [--modes ours,ours-nonatomic,torch-adamw,server]
+        [--modes ours,ours-nonatomic,torch-adamw,server] [--tp 2]
 
 Every mode trains on the same batches: ``--batch`` windows of the local English corpus (Python's
 documentation, scripts/build_test_models.py), ``--ctx`` context + ``--dec`` decision tokens each;
@@ -25,6 +25,13 @@ state and the peak RSS above the loaded model:
   (``tokens_per_s`` of the status: steps' time only), its share of wall time (the duty cycle),
   the serving tokens/s of that client alone and while training, and the worker's peak RSS
   growth.
+
+- ``--tp N`` adds ``ours-tpN``: the same ``Trainer.step`` on N tensor-parallel ranks (N processes,
+  ``--threads / N`` threads each, a real gloo group), each holding its shards of the model cut as
+  vLLM cuts them (``training/tensor_parallel.py``). It prints the seconds per step against ours
+  at TP=1 and the bytes each rank sent per step: the view's collectives (activations) and
+  Apollo's sums. The model's head counts must divide by N (SmolLM2's 9 heads do not: use
+  ``--model qwen3-tiny``).
 
 Ratio lines compare with the torch reference and with ours offline measured in the same run.
 Never a timed test: shared machines are noisy.
@@ -104,16 +111,20 @@ def run_mode(a) -> dict:
         p.requires_grad_(n in sel)
     params = [p for n, p in m.named_parameters() if n in sel]
     data = batches(a, AutoTokenizer.from_pretrained(model_dir(a.model)))
+    tp = None
+    if a.mode.startswith("ours-tp"):
+        m, tp = _shard_model(m, a)
     rss = PeakRSS().start()
     times, state_bytes, extra = [], 0, {}
     if a.mode.startswith("ours"):
+        from plasticity.training import tensor_parallel as tpv
         from plasticity.training.queue import ExampleQueue
         from plasticity.training import config as tc, core
 
         cfg = tc.from_dict({"enabled": True, "lr": 1e-6, "rank": a.rank, "replay_ratio": 0.0,
                             "journal": "/dev/null", "threads": a.threads, "autocast": a.autocast,
                             "atomic_steps": a.mode == "ours"})
-        tr = core.Trainer(m, sel, cfg, ExampleQueue(10), threading.Lock())
+        tr = core.Trainer(m, sel, cfg, ExampleQueue(10), threading.Lock(), tp=tp)
         prof0 = {}
         for i, b in enumerate(data):
             t0 = time.perf_counter()
@@ -122,6 +133,10 @@ def run_mode(a) -> dict:
                 times.append(time.perf_counter() - t0)
             else:
                 prof0 = dict(tr.status()["profile_s"])
+                view0, opt0 = tpv.sent_bytes, getattr(tr.opt, "reduced_bytes", 0)
+        if tp is not None:
+            extra["view_bytes_per_step"] = (tpv.sent_bytes - view0) / a.steps
+            extra["apollo_bytes_per_step"] = (tr.opt.reduced_bytes - opt0) / a.steps
         st = tr.status()
         extra["profile_ms_per_step"] = {k: round((v - prof0.get(k, 0.0)) / a.steps * 1e3, 1)
                                         for k, v in st["profile_s"].items()}
@@ -155,6 +170,42 @@ def run_mode(a) -> dict:
     return {"mode": a.mode, "s_per_step": med, "trained_tok_s": a.batch * a.dec / med,
             "all_tok_s": a.batch * (a.ctx + a.dec) / med, "optimizer_state_bytes": state_bytes,
             "peak_extra_rss": extra_rss, "trainable_params": sum(p.numel() for p in params), **extra}
+
+
+def _shard_model(m, a):
+    """This rank's tensor-parallel view of ``m`` (``--mode ours-tpN``), in a gloo group of ``--tp``."""
+    import torch
+    import torch.distributed as dist
+    from transformers import AutoModelForCausalLM
+
+    from plasticity.training import tensor_parallel as tpv
+
+    dist.init_process_group("gloo", init_method=f"file://{a.tp_init}", rank=a.tp_rank, world_size=a.tp)
+    group = dist.new_group(list(range(a.tp)), backend="gloo")
+    local = AutoModelForCausalLM.from_config(tpv.local_config(m.config, a.tp), dtype=torch.float32).eval()
+    local.load_state_dict(tpv.shard_state_dict(m.state_dict(), m.config, a.tp_rank, a.tp), strict=True)
+    tpv.parallelize(local, m.config.vocab_size, group)
+    names = {n for n, p in m.named_parameters() if p.requires_grad}
+    for n, p in local.named_parameters():
+        p.requires_grad_(n in names)
+    return local, tpv.Rank(rank=a.tp_rank, size=a.tp, group=group)
+
+
+def run_tp(a) -> dict:
+    """``ours-tpN``: N processes, one rank each; rank 0's row, with the slowest rank's s/step."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        argv = [sys.executable, __file__, "--mode", f"ours-tp{a.tp}", f"--tp={a.tp}", f"--tp-init={d}/init",
+                f"--threads={max(1, a.threads // a.tp)}"] + [
+            f"--{k}={getattr(a, k)}" for k in ("model", "batch", "ctx", "dec", "steps", "rank", "autocast")]
+        procs = [subprocess.Popen(argv + [f"--tp-rank={r}"], stdout=subprocess.PIPE, text=True) for r in range(a.tp)]
+        rows = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+    row = dict(rows[0])
+    row["s_per_step"] = max(r["s_per_step"] for r in rows)
+    for k in ("trained_tok_s", "all_tok_s"):
+        row[k] = rows[0][k] * rows[0]["s_per_step"] / row["s_per_step"]
+    return row
 
 
 SERVER_CONFIG = """[training]
@@ -327,10 +378,15 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=256)
     ap.add_argument("--autocast", choices=("off", "bf16"), default="off")
     ap.add_argument("--modes", default="ours,ours-nonatomic,torch-adamw,server")
+    ap.add_argument("--tp", type=int, default=1, help="also train on this many tensor-parallel ranks")
     ap.add_argument("--mode", help=argparse.SUPPRESS)  # internal: one mode in this process
+    ap.add_argument("--tp-rank", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--tp-init", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.mode:
-        print(json.dumps(run_mode(a)))
+        print(json.dumps(run_mode(a)), flush=True)
+        if a.mode.startswith("ours-tp"):
+            os._exit(0)  # gloo's file-store teardown can abort after the result is printed
         return
     rows = []
     for mode in a.modes.split(","):
@@ -342,6 +398,8 @@ def main() -> None:
         out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(f"  {mode}: done", file=sys.stderr)
+    if a.tp > 1:
+        rows.append(run_tp(a))
     print(f"model {a.model}, {a.threads} threads, batch {a.batch} x ({a.ctx} context + {a.dec} trained tokens), "
           f"median of {a.steps} steps after one warm-up, Apollo rank {a.rank}, autocast {a.autocast}")
     print(f"{'mode':16s} {'s/step':>7s} {'trained tok/s':>14s} {'all tok/s':>10s} {'opt state MB':>13s} "
@@ -369,6 +427,13 @@ def main() -> None:
             print(f"{mode} / torch AdamW: {r['trained_tok_s'] / ref['trained_tok_s']:.2f}x trained tokens/s, "
                   f"{r['optimizer_state_bytes'] / ref['optimizer_state_bytes']:.3f}x optimizer state, "
                   f"{r['peak_extra_rss'] / ref['peak_extra_rss']:.2f}x peak extra RSS")
+    tp_row = by.get(f"ours-tp{a.tp}")
+    if tp_row and offline:
+        print(f"ours-tp{a.tp} / ours (TP=1): {offline['s_per_step'] / tp_row['s_per_step']:.2f}x speed "
+              f"({tp_row['s_per_step']:.3f} vs {offline['s_per_step']:.3f} s/step); per rank and step "
+              f"{tp_row['view_bytes_per_step']:,.0f} bytes in the view's collectives and "
+              f"{tp_row['apollo_bytes_per_step']:,.0f} in Apollo's sums; optimizer state per rank "
+              f"{tp_row['optimizer_state_bytes'] / offline['optimizer_state_bytes']:.2f}x TP=1's")
     for r in rows:
         extra = {k: v for k, v in r.items() if k in ("undo_bytes_peak", "activation_bytes_peak", "batched", "fused",
                                                      "profile_ms_per_step", "profile_s_per_step",
