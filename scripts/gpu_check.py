@@ -45,7 +45,7 @@ def guarded(check: str, fn) -> None:
 # ---- 1. plasticity-cuda's own tests (built here with cargo test --no-run) ----
 # Host-only tests that read the checkout by the build machine's path, or need a C++ compiler: CI
 # runs them (scripts/test.sh); here they are skipped by name.
-HOST_ONLY_BINARIES = {"projection_host_reference"}
+HOST_ONLY_BINARIES = {"projection_host_reference", "apollo_host_reference"}
 HOST_ONLY_TESTS = {"nvrtc_compile": ["registry_is_the_kernels_folder"]}
 
 
@@ -246,21 +246,22 @@ def apollo_on_cuda() -> None:
 
     from plasticity import Apollo
 
+    check = "plasticity.Apollo on CUDA tensors (the device step behind the Python API, own stream + events)"
     w = torch.nn.Parameter(torch.randn(256, 128, device="cuda"))
     w.grad = torch.randn_like(w)
     opt = Apollo([w], lr=1e-3, rank=16)
     try:
         opt.step()
     except (ValueError, RuntimeError, TypeError) as e:
-        row("Apollo step on device vs CPU Rust step, 400 steps (f32 1e-5, bf16 1e-3)", "not built yet",
-            f"plasticity.Apollo refuses CUDA tensors: {e}")
+        row(check, "not built yet", f"refuses CUDA tensors: {e}")
         return
-    row("Apollo step on device vs CPU Rust step, 400 steps (f32 1e-5, bf16 1e-3)", "FAIL",
-        "Apollo stepped a CUDA tensor but this script has no 400-step comparison for it yet: add one")
+    row(check, "FAIL", "Apollo stepped a CUDA tensor but this script has no comparison for it yet: add one")
 
 
 NOT_BUILT = [
     ("Apollo projection generated on device = CPU stream", "see 'cargo test: projection' above (bit-exact)"),
+    ("Apollo step on device vs CPU Rust step, 400 steps (f32 1e-5, bf16/f16 1e-3)",
+     "see 'cargo test: apollo_step' above (plasticity-cuda's DeviceApollo; not yet behind plasticity.Apollo)"),
     ("training step of a transformers model on CUDA through the Trainer", "no CUDA training path yet"),
     ("side stream overlaps a forward on the main stream (CUDA events), no wrong result", "no Apollo side stream yet"),
     ("bench_apollo.py --device cuda at 4096x4096, 5120x17408, 17408x5120 vs apollo-torch, fused AdamW",
@@ -289,7 +290,7 @@ def main() -> int:
         guarded("pytest GPU tests", pytest_gpu)
         guarded("Apollo step on device", apollo_on_cuda)
     for check, why in NOT_BUILT:
-        row(check, "info" if check.startswith("Apollo projection") else "not built yet", why)
+        row(check, "info" if check.startswith("Apollo ") else "not built yet", why)
 
     print(f"\n## gpu_check ({time.perf_counter() - t0:.0f} s)\n")
     print("| check | result | detail |")

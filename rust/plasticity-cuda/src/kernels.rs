@@ -43,8 +43,8 @@ const KERNELS: &[KernelSource] = &[
         options: &[],
     },
     KernelSource {
-        name: "apollo_projection",
-        source: include_str!("../../../kernels/apollo_projection.cu"),
+        name: "apollo",
+        source: include_str!("../../../kernels/apollo.cu"),
         options: IEEE_EXACT,
     },
 ];

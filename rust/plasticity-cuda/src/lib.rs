@@ -6,6 +6,7 @@
 //! [`CudaError::DriverMissing`] (or [`CudaError::NvrtcMissing`]) instead of
 //! panicking. Check [`available`] before choosing the GPU path.
 
+pub mod apollo;
 mod device;
 mod error;
 mod kernels;

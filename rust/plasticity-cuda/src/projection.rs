@@ -1,4 +1,4 @@
-//! Apollo's Gaussian projection on the device, from `kernels/apollo_projection.cu`.
+//! Apollo's Gaussian projection on the device, from `kernels/apollo.cu`.
 //!
 //! The device stream is plasticity-core's `rng` stream bit for bit (the kernel
 //! is compiled IEEE-exact, see `kernels.rs`), so a CPU step and a GPU step with
@@ -28,7 +28,7 @@ pub fn fill_normal(
             gpu.ordinal()
         )));
     }
-    let f = gpu.function("apollo_projection", "apollo_fill_normal")?;
+    let f = gpu.function("apollo", "apollo_fill_normal")?;
     let stream = gpu.stream();
     let mut args = stream.launch_builder(&f);
     args.arg(out).arg(&seed).arg(&std).arg(&start).arg(&len);

@@ -18,7 +18,7 @@ use plasticity_cuda::{
 fn entries(kernel: &str) -> Vec<String> {
     match kernel {
         "steering_add" => steering_entries(),
-        "apollo_projection" => vec!["apollo_fill_normal".to_string()],
+        "apollo" => plasticity_cuda::apollo::apollo_entries(),
         other => panic!("kernel {other:?} has no expected entry points listed in this test"),
     }
 }
@@ -98,17 +98,12 @@ fn kernels_compile_with_nvrtc() {
     );
     // The IEEE-exact kernel really is compiled without contraction: no fma.rn.f32
     // in the projection (a contracted a*b+c would round once where the CPU rounds twice).
-    let ptx = compile_ptx("apollo_projection", "compute_90")
-        .unwrap()
-        .to_src();
+    let ptx = compile_ptx("apollo", "compute_90").unwrap().to_src();
     assert!(
         ptx.contains("mul.rn.f32") || ptx.contains("mul.f32"),
         "no f32 multiply?"
     );
-    assert!(
-        !ptx.contains("fma.rn.f32"),
-        "apollo_projection was contracted to FMA"
-    );
+    assert!(!ptx.contains("fma.rn.f32"), "apollo was contracted to FMA");
     // A bad arch is a Compile error carrying NVRTC's log, not a panic.
     match compile_ptx("steering_add", "compute_1") {
         Err(CudaError::Compile { kernel, .. }) => assert_eq!(kernel, "steering_add"),

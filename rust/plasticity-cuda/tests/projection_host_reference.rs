@@ -1,4 +1,4 @@
-//! The device projection's arithmetic, run on the host: `kernels/apollo_projection.cu`
+//! The device projection's arithmetic, run on the host: `kernels/apollo.cu`
 //! compiled by the system C++ compiler (no FMA contraction, as NVRTC compiles it
 //! with --fmad=false) and run thread by thread must give plasticity-core's normal
 //! stream bit for bit. With this, a GPU run only has to show the device rounds
@@ -40,11 +40,8 @@ fn harness() -> Option<&'static Path> {
             return None;
         };
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let kernel = root
-            .join("../../kernels/apollo_projection.cu")
-            .canonicalize()
-            .unwrap();
-        let bin = Path::new(env!("CARGO_TARGET_TMPDIR")).join("apollo_projection_on_host");
+        let kernel = root.join("../../kernels/apollo.cu").canonicalize().unwrap();
+        let bin = Path::new(env!("CARGO_TARGET_TMPDIR")).join("apollo_on_host");
         let out = Command::new(&cxx)
             .args([
                 "-std=c++17",
@@ -60,7 +57,7 @@ fn harness() -> Option<&'static Path> {
             .expect("run the C++ compiler");
         assert!(
             out.status.success(),
-            "{cxx} failed on apollo_projection.cu:\n{}",
+            "{cxx} failed on apollo.cu:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
         Some(bin)

@@ -1,7 +1,7 @@
 // Runs a kernel file from kernels/ on the host, thread by thread, so a test can
 // compare the device arithmetic with plasticity-core's without a GPU.
 // Built by tests/projection_host_reference.rs with
-//   c++ -O2 -ffp-contract=off -DPLASTICITY_KERNEL='"…/kernels/apollo_projection.cu"'
+//   c++ -O2 -ffp-contract=off -DPLASTICITY_KERNEL='"…/kernels/apollo.cu"'
 // (no FMA contraction: the kernel is compiled with --fmad=false on the device).
 //
 // Usage: run_on_host SEED STD_BITS START LEN GRID BLOCK > floats (raw little-endian f32)
