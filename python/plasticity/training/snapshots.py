@@ -61,11 +61,14 @@ class SnapshotError(ValueError):
         self.code = code
 
 
-def fingerprint(model) -> str:
-    """Identity of an architecture instance: model type + every parameter name and shape."""
+def fingerprint(model, shapes: dict | None = None) -> str:
+    """Identity of an architecture instance: model type + every parameter name and shape
+    (``shapes``: the whole model's, when ``model`` holds one tensor-parallel rank's blocks)."""
     h = hashlib.sha256(str(getattr(model.config, "model_type", "")).encode())
-    for n, p in sorted(model.named_parameters()):
-        h.update(f"\0{n}:{list(p.shape)}".encode())
+    if shapes is None:
+        shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    for n in sorted(shapes):
+        h.update(f"\0{n}:{list(shapes[n])}".encode())
     return h.hexdigest()[:32]
 
 
@@ -118,13 +121,19 @@ class Snapshots:
     """The snapshot folder plus the live operations on one worker's trainable tensors."""
 
     def __init__(self, root: str | os.PathLike, params: dict[str, torch.Tensor], base: BaseWeights,
-                 lock, fp: str, model_path: str = ""):
+                 lock, fp: str, model_path: str = "", *, writer: bool = True, barrier=None):
+        """``params``: the trainable tensors by name, whole (under tensor parallelism, each a
+        ``tensor_parallel.WholeParam``). Under TP every rank runs every operation (their reads
+        gather), one ``writer`` writes the folder, and ``barrier()`` (a collective) makes the others
+        wait until it has."""
         self.root = Path(root)
+        self.writer, self.barrier = writer, barrier or (lambda: None)
         self.root.mkdir(parents=True, exist_ok=True)
-        for stale in self.root.glob(".tmp-*"):  # a crash mid-write: never renamed into place
-            shutil.rmtree(stale, ignore_errors=True)
-        # adapters served by an earlier run were relative to its live weights: never valid again
-        shutil.rmtree(self.root / SERVED_DIR, ignore_errors=True)
+        if writer:
+            for stale in self.root.glob(".tmp-*"):  # a crash mid-write: never renamed into place
+                shutil.rmtree(stale, ignore_errors=True)
+            # adapters served by an earlier run were relative to its live weights: never valid again
+            shutil.rmtree(self.root / SERVED_DIR, ignore_errors=True)
         self.params, self.base, self.lock, self.fp, self.model_path = params, base, lock, fp, model_path
         self.max_norm_growth = DEFAULT_MAX_NORM_GROWTH  # an edit may grow no tensor's norm more than this
         self.current: str | None = None  # the snapshot the live weights were last set to / saved as
@@ -174,18 +183,26 @@ class Snapshots:
 
     # ---- save ----
     def save(self, name: str, extra: dict) -> dict:
+        try:
+            return self._save(name, extra)
+        finally:
+            self.barrier()  # under TP: the other ranks return once the writer's folder is in place
+
+    def _save(self, name: str, extra: dict) -> dict:
         final = self._dir(name)
         if final.exists():
             raise SnapshotError(f"snapshot {name!r} exists; names are immutable", 409)
         tmp = self.root / f".tmp-{name}-{os.getpid()}-{time.time_ns()}"
-        tmp.mkdir()
+        if self.writer:
+            tmp.mkdir()
         try:
             names = sorted(self.params)
             wide = {n: _WIDE[self.params[n].dtype] for n in names}
             not_exact = elements = 0
             sq = 0.0
             meta = {"format": "pt", "plasticity": "task_vector", "model_fingerprint": self.fp}
-            with SafetensorsWriter(tmp / TV_FILE, [(n, wide[n], self.params[n].shape) for n in names], meta) as w:
+            layout = [(n, wide[n], self.params[n].shape) for n in names]
+            with (SafetensorsWriter(tmp / TV_FILE, layout, meta) if self.writer else _NoWriter()) as w:
                 for n in names:
                     live = self.params[n].detach()
                     base = self.base.get(n, live)
@@ -199,23 +216,29 @@ class Snapshots:
                  "model_fingerprint": self.fp, "tensors": len(names), "elements": elements,
                  "delta_dtypes": sorted({str(t).removeprefix("torch.") for t in wide.values()}),
                  "norm": math.sqrt(sq), "not_exact": not_exact, "exact_roundtrip": not_exact == 0, **extra}
-            write_json(tmp / META_FILE, m)
-            fsync_dir(tmp)
-            os.rename(tmp, final)
-            fsync_dir(self.root)
+            if self.writer:
+                write_json(tmp / META_FILE, m)
+                fsync_dir(tmp)
+                os.rename(tmp, final)
+                fsync_dir(self.root)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if self.writer:
+                shutil.rmtree(tmp, ignore_errors=True)
             raise
         self.current = name
         return m
 
     def update_meta(self, name: str, **fields) -> dict:
-        m = {**self.meta(name), **fields}
-        tmp = self._dir(name) / (META_FILE + ".tmp")
-        write_json(tmp, m)
-        os.replace(tmp, self._dir(name) / META_FILE)
-        fsync_dir(self._dir(name))
-        return m
+        try:
+            m = {**self.meta(name), **fields}
+            if self.writer:
+                tmp = self._dir(name) / (META_FILE + ".tmp")
+                write_json(tmp, m)
+                os.replace(tmp, self._dir(name) / META_FILE)
+                fsync_dir(self._dir(name))
+            return m
+        finally:
+            self.barrier()
 
     def add_eval(self, name: str, report) -> dict:
         """Append an evaluation report to the snapshot's ``evals`` (bounded in size and count)."""
@@ -377,6 +400,19 @@ class Snapshots:
         self._apply(sorted(self.params), compute, f"{method} merge of {names}")
         self.current = None
         return {"merged": names, "method": method, **({"relative_to": relative_to} if ref is not None else {})}
+
+
+class _NoWriter:
+    """What a rank that does not write the folder passes its deltas to."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def write(self, name, tensor) -> None:
+        pass
 
 
 class Guard:

@@ -54,6 +54,9 @@ class Rank:
     size: int
     group: Any  # a torch.distributed process group of the trainer's own
 
+    def barrier(self) -> None:
+        dist.barrier(group=self.group)
+
     def shard_optimizer(self, opt, named: dict[str, torch.Tensor]) -> None:
         """Declare every 2-D parameter's block to Apollo (``Apollo.shard``); 1-D ones are replicated."""
         for name, p in named.items():
@@ -264,3 +267,67 @@ def shard_state_dict(full: dict[str, torch.Tensor], hf_config, rank: int, tp: in
         else:
             out[name] = t.clone()
     return out
+
+
+class WholeParam:
+    """The whole tensor behind one rank's block, for code written for whole tensors (snapshots,
+    rollback, merges, the base weights): ``detach()`` gathers the blocks from every rank (a
+    collective: every rank must read the same tensors in the same order), ``copy_`` writes this
+    rank's block of a whole tensor (local, safe under the serving lock). A replicated parameter
+    (``spec`` None) is its own whole."""
+
+    def __init__(self, shard: torch.Tensor, spec, rows: int | None, rank: int, size: int, group):
+        self.shard, self.spec, self.rank, self.size, self.group = shard, spec, rank, size, group
+        if spec is None:
+            self.shape = tuple(shard.shape)
+        else:
+            gm, gn = spec[2]
+            self.shape = (rows if rows is not None else gm, gn)  # the vocabulary without its padding
+        self.dtype, self.device = shard.dtype, shard.device
+
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    def detach(self) -> torch.Tensor:
+        if self.spec is None:
+            return self.shard.detach()
+        parts = [torch.empty_like(self.shard) for _ in range(self.size)]
+        dist.all_gather(parts, self.shard.detach().contiguous(), group=self.group)
+        whole = torch.cat(parts, dim=0 if self.spec[0] == "rows" else 1)
+        return whole[: self.shape[0]] if self.spec[0] == "rows" else whole
+
+    @torch.no_grad()
+    def copy_(self, whole: torch.Tensor) -> None:
+        if tuple(whole.shape) != self.shape:
+            raise ValueError(f"shape {tuple(whole.shape)} != {self.shape}")
+        if self.spec is None:
+            self.shard.copy_(whole)
+            return
+        axis, offset, _ = self.spec
+        n = self.shard.shape[0] if axis == "rows" else self.shard.shape[1]
+        if axis == "rows":
+            block = whole[offset: offset + n]
+            if block.shape[0] < n:  # the padding rows of a vocabulary-parallel block stay zero
+                block = torch.cat([block, whole.new_zeros(n - block.shape[0], *whole.shape[1:])])
+        else:
+            block = whole[:, offset: offset + n]
+        self.shard.copy_(block)
+
+
+def whole_params(named: dict[str, torch.Tensor], tp: Rank, vocab: int) -> dict[str, WholeParam]:
+    """``{name: WholeParam}`` for a rank's trainable parameters (``vocab``: the whole model's)."""
+    out = {}
+    for name, p in named.items():
+        spec = shard_of(name, tuple(p.shape), tp.rank, tp.size)
+        leaf = name.split(".")[-2] if name.endswith(".weight") else name.split(".")[-1]
+        rows = vocab if leaf in ("embed_tokens", "lm_head") else None
+        out[name] = WholeParam(p, spec, rows, tp.rank, tp.size, tp.group)
+    return out
+
+
+def whole_shapes(model, tp: Rank, vocab: int) -> dict[str, tuple[int, ...]]:
+    """The whole model's parameter shapes, from a rank's view (for the snapshot fingerprint)."""
+    return {n: w.shape for n, w in whole_params(dict(model.named_parameters()), tp, vocab).items()}

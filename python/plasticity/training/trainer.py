@@ -9,6 +9,7 @@ import math
 import os
 import queue as queue_mod
 import random
+import re
 import threading
 import time
 import uuid
@@ -31,6 +32,8 @@ from .loss import (
 log = logging.getLogger("vllm.plasticity.training")
 
 MAX_ATTEMPTS = 3  # failed steps an example may be part of before it is given up
+# step-00000012.safetensors at TP=1; step-00000012.tp2-rank0.safetensors: one rank's blocks under TP
+CHECKPOINT_NAME = re.compile(r"step-(\d{8})(\.tp\d+-rank\d+)?\.safetensors")
 
 
 class _SavedBytes:
@@ -80,6 +83,7 @@ class Trainer:
         self.done_journal = Journal(cfg.done_journal) if cfg.done_journal else None
         # every rank reads the done journal (to recover the same queue), one writes it
         self.writes_done = self.done_journal is not None and (tp is None or tp.rank == 0)
+        self._ckpt_suffix = "" if tp is None else f".tp{tp.size}-rank{tp.rank}"
         self.seen: set[str] = set()
         self.retry: deque = deque()  # examples of a failed step, trained before the queue's next
         self.attempts: dict[str, int] = {}  # example id -> failed steps it was part of
@@ -306,8 +310,11 @@ class Trainer:
     def job(self, jid: str) -> dict:
         return self.jobs.get(jid, {"done": True, "ok": False, "error": f"unknown job {jid}", "code": 404})
 
-    def _run_control(self) -> None:
-        while True:
+    def _run_control(self, limit: int | None = None) -> None:
+        """Run the control jobs queued now (at most ``limit``: under TP, the number every rank has)."""
+        while limit is None or limit > 0:
+            if limit is not None:
+                limit -= 1
             try:
                 jid, fn, changes_weights = self.control.get_nowait()
             except queue_mod.Empty:
@@ -332,14 +339,14 @@ class Trainer:
         d = Path(self.cfg.checkpoint_dir)
         d.mkdir(parents=True, exist_ok=True)
         step = self.stats["step"]
-        tmp = d / f".step-{step:08d}.tmp"
+        tmp = d / f".step-{step:08d}{self._ckpt_suffix}.tmp"
         with self.lock:  # a consistent snapshot between forwards/updates
             tensors = {n: p.detach().clone().contiguous() for n, p in zip(self.trainable, self.params)}
         save_file(tensors, str(tmp), metadata={"step": str(step)})
         fd = os.open(tmp, os.O_RDONLY)
         os.fsync(fd)
         os.close(fd)
-        final = d / f"step-{step:08d}.safetensors"
+        final = d / f"step-{step:08d}{self._ckpt_suffix}.safetensors"
         os.replace(tmp, final)
         dfd = os.open(d, os.O_RDONLY)
         os.fsync(dfd)
@@ -352,9 +359,23 @@ class Trainer:
         if not self.cfg.checkpoint_dir:
             return None
         d = Path(self.cfg.checkpoint_dir)
-        files = sorted(d.glob("step-*.safetensors")) if d.exists() else []
-        if not files:
+        steps = {}
+        for f in d.glob("step-*.safetensors") if d.exists() else []:
+            m = CHECKPOINT_NAME.fullmatch(f.name)
+            if m and (m.group(2) or "") == self._ckpt_suffix:
+                steps[int(m.group(1))] = f
+        step = max(steps, default=None)
+        if self.tp is not None:  # the newest step every rank has (a crash can land between two ranks' writes)
+            import torch.distributed as dist
+
+            t = torch.tensor([-1 if step is None else step], dtype=torch.int64)
+            dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.tp.group)
+            step = None if int(t[0]) < 0 else int(t[0])
+        if step is None:
             return None
+        if step not in steps:
+            raise RuntimeError(f"plasticity: checkpoint of step {step} missing for this rank in {d}")
+        files = [steps[step]]
         from safetensors.torch import load_file
 
         tensors = load_file(str(files[-1]))
@@ -363,7 +384,6 @@ class Trainer:
             for n, t in tensors.items():
                 if n in params:
                     params[n].copy_(t)
-        step = int(files[-1].stem.split("-")[1])
         self.stats["checkpoint_step"] = step
         log.info("plasticity: restored training checkpoint %s", files[-1])
         return step
@@ -452,16 +472,19 @@ class Trainer:
 
     def _agreed_batch(self, n_beh: int) -> list[dict] | None:
         """Under TP: the batch every rank takes this turn, or None. The ranks' queues receive the
-        same examples in the same order (every RPC reaches every rank), but not at the same moment:
-        each turn the ranks sum over their own group what they hold and whether they may step, and
-        take the smallest, so their collectives always pair up."""
+        same examples and control jobs in the same order (every RPC reaches every rank), but not at
+        the same moment: each turn the ranks take the minimum over their own group of the jobs and
+        examples they hold and of whether they may step, so their collectives always pair up."""
         import torch.distributed as dist
 
         held = self.retry + deque(self.queue.drain())  # drained into retry: pops stay ordered
         self.retry = held
-        t = torch.tensor([len(held), 0 if self._held() else 1], dtype=torch.int64)
+        t = torch.tensor([self.control.qsize(), len(held), 0 if self._held() else 1], dtype=torch.int64)
         dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.tp.group)
-        n, may_step = int(t[0]), bool(t[1])
+        jobs, n, may_step = int(t[0]), int(t[1]), bool(t[2])
+        if jobs:
+            self._run_control(jobs)  # snapshot operations gather and sum: in step too
+            return None
         if not may_step or n == 0:
             time.sleep(0.05)
             return None

@@ -83,10 +83,6 @@ def _tensor_parallel_rank(cfg):
         return None
     if ps.get_pp_group().world_size != 1:
         raise RuntimeError("online training does not support pipeline parallelism yet")
-    unsupported = [k for k in ("checkpoint_every", "guard_every") if getattr(cfg, k)]
-    if unsupported:
-        raise RuntimeError(f"under tensor parallelism (size {tp}) training does not support {unsupported} yet: "
-                           "checkpoints, snapshots and the forgetting guard need whole tensors; set them to 0")
     import torch.distributed as dist
 
     from plasticity.training.tensor_parallel import Rank
@@ -134,12 +130,16 @@ class _State:
         # The base is checked against the live weights before a checkpoint can change them.
         params = dict(self.model.named_parameters())
         trainable_params = {n: params[n] for n in trainable}
-        self.base = self.snaps = None  # snapshots need whole tensors: not under TP yet
-        if self.tp is None:
-            self.base = snapshots.BaseWeights(mc.model, trainable_params)
-            self.snaps = snapshots.Snapshots(cfg.snapshot_dir, trainable_params, self.base, LOCK,
-                                             snapshots.fingerprint(self.model), model_path=str(mc.model))
-            self.snaps.max_norm_growth = cfg.max_edit_norm_growth
+        shapes, writer, barrier = None, True, None
+        if self.tp is not None:  # snapshots hold whole tensors with their HF names, whatever the TP size
+            trainable_params = tensor_parallel.whole_params(trainable_params, self.tp, vocab)
+            shapes = tensor_parallel.whole_shapes(self.model, self.tp, vocab)
+            writer, barrier = self.tp.rank == 0, self.tp.barrier
+        self.base = snapshots.BaseWeights(mc.model, trainable_params)
+        self.snaps = snapshots.Snapshots(cfg.snapshot_dir, trainable_params, self.base, LOCK,
+                                         snapshots.fingerprint(self.model, shapes), model_path=str(mc.model),
+                                         writer=writer, barrier=barrier)
+        self.snaps.max_norm_growth = cfg.max_edit_norm_growth
         self.cfg = cfg
         self.recovered = self.trainer.recover(cfg.journal)
         from plasticity.training.version import WeightsVersion, version_path
@@ -343,7 +343,8 @@ def settings(st, changes=None):
 
 def _one_rank_only(st, what: str) -> None:
     """Under TP the view's forward runs collectives with the other ranks, so only the training
-    thread's agreed turns may use it; these operations are not wired to those turns yet."""
+    thread's agreed turns may use it; these operations are not wired to those turns yet (snapshot
+    operations are: they run as control jobs, which the ranks agree on)."""
     if st.tp is not None:
         raise RuntimeError(f"{what} is not supported under tensor parallelism yet "
                            f"(tensor-parallel size {st.tp.size}); see docs/distributed.md")
@@ -370,7 +371,8 @@ def discard(st):
 
 def tv_submit(st, op, args=None):
     """Queue a snapshot operation on the training thread; poll ``plasticity_tv_job``."""
-    _one_rank_only(st, f"the snapshot operation {op!r}")
+    if op in ("lora", "extract"):
+        _one_rank_only(st, f"the snapshot operation {op!r}")
     args = dict(args or {})
     fns = {
         "save": lambda: st.save_snapshot(args.get("name"), {"note": args["note"]} if args.get("note") else None),
@@ -390,14 +392,12 @@ def tv_job(st, jid):
 
 
 def tv_list(st):
-    _one_rank_only(st, "listing snapshots")
     return {"snapshots": st.snaps.list(), "current": st.snaps.current, "base": st.base.info()}
 
 
 def tv_meta(st, name):
     from plasticity.training.snapshots import SnapshotError
 
-    _one_rank_only(st, "reading a snapshot")
     try:
         return {"meta": st.snaps.meta(name)}
     except SnapshotError as e:
