@@ -8,6 +8,12 @@ groups with ``apollo=False``) gets the plain AdamW step of the same convention.
 ``fused=True`` steps each parameter from a post-accumulate-grad hook as soon as
 its gradient is complete and frees that gradient at once, so at most one
 parameter's gradient exists at a time instead of the whole model's.
+
+CUDA parameters are stepped on the device (docs/gpu.md): Apollo matrices by plasticity's kernels
+on a side stream ordered against torch's current stream with events, the AdamW ones by torch ops;
+nothing waits for the host. Their step counts, limiter norms and skips live on the device until
+:meth:`Apollo.sync_device_state` (called by ``state_dict``) reads them back, so ``skipped`` and
+``state[p]["step"]`` of a CUDA parameter are current only after a sync.
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ from . import _plasticity as _rs
 log = logging.getLogger("plasticity.optim")
 
 _SCALE_TYPES = ("channel", "tensor")
+# Per-parameter state that lives on a CUDA device and is rebuilt from "step"/"prev_norm"/"skipped":
+# never saved in a state_dict.
+_DEVICE_KEYS = ("_cuda", "_step_t", "_skipped_t")
 
 
 class Apollo(torch.optim.Optimizer):
@@ -141,6 +150,8 @@ class Apollo(torch.optim.Optimizer):
                              f"{gm}×{gn} matrix")
         if "step" in self.state[p]:
             raise ValueError("declare shards before the first step")
+        if p.is_cuda:
+            raise ValueError("tensor-parallel shards are stepped on the CPU only (no CUDA sharded step yet)")
         if self.fused:
             raise ValueError("a fused Apollo steps each parameter alone; shards are stepped together: use fused=False")
         self.state[p]["shard"] = {"axis": axis, "offset": int(offset), "global_shape": (gm, gn)}
@@ -194,6 +205,34 @@ class Apollo(torch.optim.Optimizer):
                 self._step_shards(shards, group)
         return loss
 
+    def state_dict(self) -> dict:
+        """As torch's, after :meth:`sync_device_state`, without the device-side handles."""
+        self.sync_device_state()
+        sd = super().state_dict()
+        sd["state"] = {k: {kk: vv for kk, vv in v.items() if kk not in _DEVICE_KEYS} for k, v in sd["state"].items()}
+        return sd
+
+    def sync_device_state(self) -> None:
+        """Read CUDA parameters' step counts, limiter norms and skipped steps back from the device
+        (waits for their queued steps) into ``state[p]`` and ``skipped``. CPU parameters need none."""
+        for p, st in self.state.items():
+            handle, step_t = st.get("_cuda"), st.get("_step_t")
+            if handle is not None:
+                d = handle.state()
+                step, skipped = int(d["step"]), int(d["skipped"])
+                if d["prev_norm"] is not None:
+                    st["prev_norm"], st["limiter"] = float(d["prev_norm"]), float(d["limiter"])
+            elif step_t is not None:
+                step, skipped = int(step_t.item()), int(st["_skipped_t"].item())
+            else:
+                continue
+            new = skipped - int(st.get("skipped", 0))
+            st["step"], st["skipped"] = step, skipped
+            if new > 0:
+                self.skipped += new
+                log.warning("Apollo: %d non-finite gradient(s) for a %s CUDA parameter; those steps were skipped, "
+                            "the weight unchanged", new, tuple(p.shape))
+
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
         # torch casts floating state to the parameter's dtype; moments are f32.
@@ -233,6 +272,9 @@ class Apollo(torch.optim.Optimizer):
         if not grad.is_contiguous():
             grad = grad.contiguous()
         st = self.state[p]
+        if p.is_cuda:
+            self._step_param_cuda(p, grad, group, st)
+            return
         beta1, beta2 = group["betas"]
         common = dict(
             lr=float(group["lr"]),
@@ -292,6 +334,48 @@ class Apollo(torch.optim.Optimizer):
                         tuple(p.shape))
 
 
+    def _step_param_cuda(self, p: torch.Tensor, grad: torch.Tensor, group: dict, st: dict) -> None:
+        """One step of a CUDA parameter, queued without a host sync (see the module docs)."""
+        from plasticity import cuda
+
+        ordinal = p.device.index if p.device.index is not None else torch.cuda.current_device()
+        why = cuda.kernels_ready(ordinal)
+        if why is not None:
+            raise RuntimeError(f"Apollo on {p.device} needs plasticity's CUDA kernels, which cannot run here: {why}")
+        if group["stochastic_rounding"]:
+            raise ValueError("stochastic_rounding is not available for CUDA parameters yet")
+        if "_proj" in st:
+            raise ValueError("inject_projection is a test hook of the CPU step")
+        if grad.device != p.device:
+            raise ValueError(f"grad is on {grad.device}, the parameter on {p.device}")
+        beta1, beta2 = (float(b) for b in group["betas"])
+        stream = torch.cuda.current_stream(p.device).cuda_stream
+        if self.uses_apollo(p, group):
+            rank = int(group["rank"])
+            m, n = p.shape
+            if "exp_avg" not in st:
+                shape = (m, rank) if m >= n else (rank, n)
+                st["exp_avg"] = torch.zeros(shape, dtype=torch.float32, device=p.device)
+                st["exp_avg_sq"] = torch.zeros(shape, dtype=torch.float32, device=p.device)
+            handle = st.get("_cuda")
+            if handle is None:
+                handle = _rs.CudaApollo(m, n, rank, str(p.dtype).removeprefix("torch."), ordinal, int(st["seed"]))
+                if "step" in st:  # a loaded checkpoint, or steps taken on the CPU before a move
+                    handle.set_state(int(st["step"]), st.get("prev_norm"), int(st.get("skipped", 0)))
+                st["_cuda"] = handle
+            handle.step(
+                p, grad, st["exp_avg"], st["exp_avg_sq"], stream=stream,
+                lr=float(group["lr"]), beta1=beta1, beta2=beta2, eps=float(group["eps"]),
+                weight_decay=float(group["weight_decay"]), correct_bias=bool(group["correct_bias"]),
+                rank=rank, scale_type=group["scale_type"],
+                alpha=None if group["alpha"] is None else float(group["alpha"]),
+                update_proj_gap=int(group["update_proj_gap"]),
+                norm_growth_limit=None if group["norm_growth_limit"] is None else float(group["norm_growth_limit"]),
+                stochastic_rounding=False,
+            )
+        else:
+            _adamw_on_device(p, grad, st, group, beta1, beta2)
+
     def _step_shards(self, params: list, group: dict) -> None:
         """One Apollo step on tensor-parallel shards (see :meth:`shard`), one call per dtype;
         every rank steps the same parameters in the same order."""
@@ -345,6 +429,40 @@ class Apollo(torch.optim.Optimizer):
                     st["skipped"] = int(st.get("skipped", 0)) + 1
                     log.warning("Apollo: non-finite gradient on some rank for a %s shard; step skipped on every "
                                 "rank", tuple(p.shape))
+
+
+@torch.no_grad()
+def _adamw_on_device(p: torch.Tensor, grad: torch.Tensor, st: dict, group: dict, beta1: float, beta2: float) -> None:
+    """The CPU path's AdamW (HF convention, decoupled decay after the update) in torch ops on p's device,
+    with the step count on the device too: a non-finite gradient leaves the weight and the moments as
+    they were and counts as skipped, with no host sync."""
+    if "exp_avg" not in st:
+        st["exp_avg"] = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
+        st["exp_avg_sq"] = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
+    if "_step_t" not in st:
+        st["_step_t"] = torch.full((), int(st.get("step", 0)), dtype=torch.float64, device=p.device)
+        st["_skipped_t"] = torch.full((), int(st.get("skipped", 0)), dtype=torch.int64, device=p.device)
+    g = grad.float()
+    ok = torch.isfinite(g).all()
+    m1, m2 = st["exp_avg"], st["exp_avg_sq"]
+    new_m1 = beta1 * m1 + (1.0 - beta1) * g
+    new_m2 = beta2 * m2 + ((1.0 - beta2) * g) * g
+    step_t = st["_step_t"] + ok.double()
+    lr = float(group["lr"])
+    if group["correct_bias"]:
+        step_size = (lr * torch.sqrt(1.0 - beta2 ** step_t) / (1.0 - beta1 ** step_t)).float()
+    else:
+        step_size = torch.tensor(lr, dtype=torch.float32, device=p.device)
+    w = p.float()
+    y = w - step_size * (new_m1 / (new_m2.sqrt() + float(group["eps"])))
+    decay = lr * float(group["weight_decay"])
+    if decay > 0:
+        y = y - decay * y
+    p.copy_(torch.where(ok, y, w).to(p.dtype))  # w round-trips exactly: a skip leaves p's bits
+    m1.copy_(torch.where(ok, new_m1, m1))
+    m2.copy_(torch.where(ok, new_m2, m2))
+    st["_step_t"].copy_(step_t)
+    st["_skipped_t"].add_((~ok).long())
 
 
 def _check_group(group: dict) -> None:

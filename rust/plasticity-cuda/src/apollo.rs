@@ -248,9 +248,9 @@ pub fn apollo_entries() -> Vec<String> {
 /// stepping on the [`Gpu`]'s own stream.
 pub struct DeviceApollo {
     gpu: Gpu,
-    cfg: ApolloConfig,
     m: usize,
     n: usize,
+    rank: usize,
     seed: u64,
     float: FloatType,
     p: CudaSlice<f32>,
@@ -263,23 +263,27 @@ pub struct DeviceApollo {
 }
 
 impl DeviceApollo {
-    /// Allocate the scratch and a fresh state (step 0) for an m×n matrix.
+    /// Allocate the scratch and a fresh state (step 0) for an m×n matrix at `rank`.
     pub fn new(
         gpu: &Gpu,
-        cfg: ApolloConfig,
         m: usize,
         n: usize,
+        rank: usize,
         float: FloatType,
         seed: u64,
     ) -> Result<Self, CudaError> {
-        params(&cfg, m, n, seed, &Addresses::default())?; // validate before allocating
-        let s = Scratch::for_matrix(m, n, cfg.rank);
+        let cfg = ApolloConfig {
+            rank,
+            ..Default::default()
+        };
+        params(&cfg, m, n, seed, &Addresses::default())?; // the shape, before allocating
+        let s = Scratch::for_matrix(m, n, rank);
         let st = gpu.stream();
         Ok(Self {
             gpu: gpu.clone(),
-            cfg,
             m,
             n,
+            rank,
             seed,
             float,
             p: st.alloc_zeros(s.p)?,
@@ -292,20 +296,43 @@ impl DeviceApollo {
         })
     }
 
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
     /// The device state, copied back (synchronises the stream).
     pub fn state(&self) -> Result<ApolloState, CudaError> {
         Ok(self.gpu.stream().clone_dtoh(&self.state)?[0])
     }
 
-    /// Queue one step on the Gpu's stream; returns without waiting.
+    /// Replace the device state (a loaded checkpoint: step count, limiter norm), in stream order.
+    pub fn set_state(&mut self, state: ApolloState) -> Result<(), CudaError> {
+        Ok(self.gpu.stream().memcpy_htod(&[state], &mut self.state)?)
+    }
+
+    /// Queue one step on the Gpu's own stream; returns without waiting.
     ///
     /// # Safety
     /// `w` and `g` are device addresses of m×n elements of this matrix's type,
     /// `m1` and `m2` of rank·channels f32 each (the CPU path's moment shapes),
     /// all on this device, distinct, alive and not written by other streams
-    /// until the step has run (order other streams with events).
-    pub unsafe fn step_raw(&mut self, w: u64, g: u64, m1: u64, m2: u64) -> Result<(), CudaError> {
+    /// until the step has run (order other streams with events, as
+    /// [`DeviceApollo::step_ordered`] does).
+    pub unsafe fn step_raw(
+        &mut self,
+        cfg: &ApolloConfig,
+        w: u64,
+        g: u64,
+        m1: u64,
+        m2: u64,
+    ) -> Result<(), CudaError> {
         use cudarc::driver::DevicePtr;
+        if cfg.rank != self.rank {
+            return Err(CudaError::InvalidArgument(format!(
+                "rank {} but this matrix's state was made for rank {}",
+                cfg.rank, self.rank
+            )));
+        }
         let stream = self.gpu.stream().clone();
         let (p, _a) = self.p.device_ptr(&stream);
         let (r, _b) = self.r.device_ptr(&stream);
@@ -327,8 +354,8 @@ impl DeviceApollo {
             scale,
             state,
         };
-        let prm = params(&self.cfg, self.m, self.n, self.seed, &addrs)?;
-        for (entry, shape) in step_plan(self.float, self.m, self.n, self.cfg.rank) {
+        let prm = params(cfg, self.m, self.n, self.seed, &addrs)?;
+        for (entry, shape) in step_plan(self.float, self.m, self.n, self.rank) {
             let f = self.gpu.function(KERNEL, &entry)?;
             let mut args = stream.launch_builder(&f);
             args.arg(&prm);
@@ -341,6 +368,41 @@ impl DeviceApollo {
             // Scratch::for_matrix and the caller vouches for w, g, m1, m2.
             unsafe { args.launch(cfg) }?;
         }
+        Ok(())
+    }
+
+    /// One step ordered against `caller` (a raw `CUstream`, torch's current stream): this
+    /// Gpu's stream waits for an event recorded on `caller` (the gradient is ready), runs
+    /// the step, and `caller` waits for an event recorded after it (the next forward sees
+    /// the new weights; memory freed by the caller afterwards is not reused too early).
+    /// No host synchronisation.
+    ///
+    /// # Safety
+    /// As [`DeviceApollo::step_raw`], and `caller` is a live stream of this device.
+    pub unsafe fn step_ordered(
+        &mut self,
+        cfg: &ApolloConfig,
+        caller: usize,
+        w: u64,
+        g: u64,
+        m1: u64,
+        m2: u64,
+    ) -> Result<(), CudaError> {
+        if !crate::stream_on(&self.gpu, caller)? {
+            return Err(CudaError::InvalidArgument(format!(
+                "stream {caller:#x} belongs to another device's context, not cuda:{}",
+                self.gpu.ordinal()
+            )));
+        }
+        let ctx = self.gpu.context().clone();
+        let own = self.gpu.stream().clone();
+        // SAFETY: the caller vouches for the handle; the wrapper does not destroy it.
+        let theirs = unsafe { ctx.wrap_borrowed_stream(caller as cudarc::driver::sys::CUstream) };
+        let ready = theirs.record_event(None)?;
+        own.wait(&ready)?;
+        unsafe { self.step_raw(cfg, w, g, m1, m2) }?;
+        let done = own.record_event(None)?;
+        theirs.wait(&done)?;
         Ok(())
     }
 }

@@ -99,7 +99,8 @@ fn run<T: Stored>(gpu: &Gpu, float: FloatType, m: usize, n: usize, cfg: ApolloCo
     let mut d_g: CudaSlice<T::Bits> = s.alloc_zeros(m * n).unwrap();
     let d_m1: CudaSlice<f32> = s.alloc_zeros(geo.moment_len()).unwrap();
     let d_m2: CudaSlice<f32> = s.alloc_zeros(geo.moment_len()).unwrap();
-    let mut dev = DeviceApollo::new(gpu, cfg.clone(), m, n, float, seed).unwrap();
+    let other = gpu.context().new_stream().unwrap();
+    let mut dev = DeviceApollo::new(gpu, m, n, cfg.rank, float, seed).unwrap();
     let what = format!("{float:?} {m}x{n} r{} {:?}", cfg.rank, cfg.scale_type);
     for t in 0..STEPS {
         let mut g: Vec<T> = gradient(m * n, t, 0.01);
@@ -122,7 +123,13 @@ fn run<T: Stored>(gpu: &Gpu, float: FloatType, m: usize, n: usize, cfg: ApolloCo
         };
         // SAFETY: the four buffers hold m×n elements of T and rank·channels f32, on this
         // device, and every launch here is on the same stream.
-        unsafe { dev.step_raw(pw, pg, p1, p2) }.unwrap();
+        if t % 2 == 0 {
+            unsafe { dev.step_raw(&cfg, pw, pg, p1, p2) }.unwrap();
+        } else {
+            // The event-ordered path, against a second stream standing in for torch's.
+            unsafe { dev.step_ordered(&cfg, other.cu_stream() as usize, pw, pg, p1, p2) }.unwrap();
+            other.synchronize().unwrap();
+        }
         if t % 100 == 99 || t == NAN_AT {
             let got: Vec<T> = s
                 .clone_dtoh(&d_w)

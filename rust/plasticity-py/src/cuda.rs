@@ -28,6 +28,23 @@ pub(crate) fn cuda_err(e: CudaError) -> PyErr {
     }
 }
 
+/// A CUDA stream handle from Python: a non-negative int that fits a pointer
+/// (torch's `torch.cuda.current_stream().cuda_stream`; 0 is the legacy default stream).
+pub(crate) fn parse_stream(stream: &Bound<'_, PyAny>) -> PyResult<usize> {
+    use pyo3::types::{PyBool, PyInt};
+    if stream.is_instance_of::<PyBool>() || !stream.is_instance_of::<PyInt>() {
+        return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+            "stream: expected an int (torch.cuda.current_stream().cuda_stream), got {}",
+            stream.get_type().name()?
+        )));
+    }
+    stream.extract::<usize>().map_err(|_| {
+        PyValueError::new_err(format!(
+            "stream: {stream} is not a CUDA stream handle (a non-negative pointer-sized int)"
+        ))
+    })
+}
+
 /// The process-wide handle of device `ordinal` (opened once; no stream of its own).
 pub(crate) fn gpu(ordinal: usize) -> PyResult<Gpu> {
     Gpu::shared(ordinal).map_err(cuda_err)

@@ -18,6 +18,7 @@ macro_rules! by_dtype {
 }
 
 mod apollo;
+mod apollo_cuda;
 mod apollo_sharded;
 mod cuda;
 mod lowrank;
@@ -32,10 +33,14 @@ use pyo3::prelude::*;
 fn _plasticity(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<apollo::Workspace>()?;
+    m.add_class::<apollo_cuda::CudaApollo>()?;
     m.add_function(wrap_pyfunction!(apollo::apollo_step, m)?)?;
     m.add_function(wrap_pyfunction!(apollo::adamw_step, m)?)?;
     m.add_function(wrap_pyfunction!(apollo_sharded::apollo_step_sharded, m)?)?;
-    m.add_function(wrap_pyfunction!(apollo_sharded::apollo_shard_reduced_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(
+        apollo_sharded::apollo_shard_reduced_bytes,
+        m
+    )?)?;
     m.add_function(wrap_pyfunction!(apollo::fill_projection, m)?)?;
     m.add_function(wrap_pyfunction!(apollo::bf16_projection_available, m)?)?;
     m.add_function(wrap_pyfunction!(steering::steering_add_, m)?)?;
@@ -54,7 +59,10 @@ fn _plasticity(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(merge::tv_paper_keep_count, m)?)?;
     m.add_function(wrap_pyfunction!(merge::tv_paper_sign_sum, m)?)?;
     m.add_function(wrap_pyfunction!(merge::tv_ties_paper, m)?)?;
-    m.add("ST_MAX_HEADER_BYTES", plasticity_core::safetensors_file::MAX_HEADER_BYTES)?;
+    m.add(
+        "ST_MAX_HEADER_BYTES",
+        plasticity_core::safetensors_file::MAX_HEADER_BYTES,
+    )?;
     m.add_function(wrap_pyfunction!(safetensors_file::st_read_header, m)?)?;
     m.add_function(wrap_pyfunction!(safetensors_file::st_dtypes, m)?)?;
     m.add_class::<safetensors_file::SafetensorsFileReader>()?;

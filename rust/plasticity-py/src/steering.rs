@@ -5,11 +5,10 @@
 
 use plasticity_core::{steering, DType, Element};
 use plasticity_cuda::{BorrowedSteering, FloatType, SlotType};
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyInt};
 
-use crate::cuda::cuda_err;
+use crate::cuda::{cuda_err, parse_stream};
 use crate::tensor::{require_disjoint, Device, IndexDType, IndexView, SendPtr, TensorView};
 
 fn run<T: Element>(
@@ -35,22 +34,6 @@ fn run<T: Element>(
             std::slice::from_raw_parts(slots.get() as *const i32, n)
         })
     }
-}
-
-/// A CUDA stream handle from Python: a non-negative int that fits a pointer
-/// (torch's `torch.cuda.current_stream().cuda_stream`; 0 is the legacy default stream).
-fn parse_stream(stream: &Bound<'_, PyAny>) -> PyResult<usize> {
-    if stream.is_instance_of::<PyBool>() || !stream.is_instance_of::<PyInt>() {
-        return Err(PyTypeError::new_err(format!(
-            "stream: expected an int (torch.cuda.current_stream().cuda_stream), got {}",
-            stream.get_type().name()?
-        )));
-    }
-    stream.extract::<usize>().map_err(|_| {
-        PyValueError::new_err(format!(
-            "stream: {stream} is not a CUDA stream handle (a non-negative pointer-sized int)"
-        ))
-    })
 }
 
 /// The one device all three tensors live on, or an error naming where each is.
@@ -150,8 +133,9 @@ pub fn steering_add_(
                 )
             })?;
             let stream = parse_stream(stream)?;
-            let ordinal = usize::try_from(ordinal)
-                .map_err(|_| PyValueError::new_err(format!("residual: bad CUDA ordinal {ordinal}")))?;
+            let ordinal = usize::try_from(ordinal).map_err(|_| {
+                PyValueError::new_err(format!("residual: bad CUDA ordinal {ordinal}"))
+            })?;
             let b = BorrowedSteering {
                 residual: r.ptr as u64,
                 table: t.ptr as u64,
