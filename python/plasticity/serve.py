@@ -4,8 +4,9 @@
 (read by the API server and by every worker), names our worker extension class
 (``--worker-extension-cls``) and adds our two entry points to ``VLLM_PLUGINS`` (kept
 as the user set it; when unset, every installed general plugin stays enabled, since
-naming any plugin turns the others off), then replaces this process with vLLM's
-OpenAI-compatible server.
+naming any plugin turns the others off), on vLLM CPU with ``--tensor-parallel-size`` > 1 adds
+what that needs (thread binding, the multiprocessing executor) unless given, then replaces this
+process with vLLM's OpenAI-compatible server.
 """
 
 from __future__ import annotations
@@ -82,6 +83,53 @@ def extension_args(rest: list[str]) -> list[str]:
     return ["--worker-extension-cls", EXTENSION]
 
 
+def tensor_parallel_size(rest: list[str]) -> int:
+    """vLLM's ``--tensor-parallel-size``/``-tp`` from the arguments (1 when absent or unreadable:
+    vLLM then reports its own error)."""
+    for i, a in enumerate(rest):
+        v = None
+        if a in ("--tensor-parallel-size", "-tp") and i + 1 < len(rest):
+            v = rest[i + 1]
+        elif a.startswith("--tensor-parallel-size="):
+            v = a.split("=", 1)[1]
+        if v is not None:
+            try:
+                return max(1, int(v))
+            except ValueError:
+                return 1
+    return 1
+
+
+def cpu_tensor_parallel(env: dict[str, str], rest: list[str], cpus: list[int]) -> list[str]:
+    """What vLLM CPU needs for tensor parallelism, unless the user gave it (docs/distributed.md):
+    each rank's OpenMP threads bound to its own CPUs (``VLLM_CPU_OMP_THREADS_BIND``, set in
+    ``env``: the allowed CPUs cut into equal contiguous groups) and the multiprocessing executor.
+    Returns the arguments to add."""
+    tp = tensor_parallel_size(rest)
+    if tp == 1:
+        return []
+    if "VLLM_CPU_OMP_THREADS_BIND" not in env:
+        cpus = sorted(cpus)
+        if len(cpus) < tp:
+            raise SystemExit(f"plasticity serve: --tensor-parallel-size {tp} needs at least {tp} CPUs, this "
+                             f"process may use {len(cpus)} ({cpus}); or set VLLM_CPU_OMP_THREADS_BIND yourself")
+        per = len(cpus) // tp
+        groups = [cpus[r * per:(r + 1) * per] for r in range(tp)]
+        env["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(
+            str(g[0]) if len(g) == 1 else ",".join(map(str, g)) for g in groups)
+    if any(a == "--distributed-executor-backend" or a.startswith("--distributed-executor-backend=") for a in rest):
+        return []
+    return ["--distributed-executor-backend", "mp"]
+
+
+def _on_cpu() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return not torch.cuda.is_available()
+
+
 def main(argv: list[str]) -> int:
     model, config, rest = split_args(argv)
     if model is None and "--model" not in rest and not any(a.startswith("--model=") for a in rest):
@@ -91,5 +139,7 @@ def main(argv: list[str]) -> int:
     if model is not None:
         cmd += ["--model", model]
     cmd += extension_args(rest) + lora_args(env.get("PLASTICITY_CONFIG"), rest) + rest
+    if tensor_parallel_size(rest) > 1 and _on_cpu():
+        cmd += cpu_tensor_parallel(env, rest, sorted(os.sched_getaffinity(0)))
     os.execve(sys.executable, cmd, env)
     return 0  # not reached
