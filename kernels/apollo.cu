@@ -12,8 +12,8 @@
 // for operation: the crate compiles this file with --fmad=false (no a*b+c
 // contracted into one rounding), --prec-div=true, --prec-sqrt=true and
 // --ftz=false. The same source is compiled for the host by a test
-// (rust/plasticity-cuda/tests/projection_host_reference.rs and
-// apollo_host_reference.rs) with -ffp-contract=off and checked against the
+// (rust/plasticity-cuda/tests/host_reference/) with -ffp-contract=off and
+// checked against the
 // core, so keep it plain C++: no PTX, no shared memory, no __syncthreads (the
 // host runs one thread after another), no intrinsics beyond __uint_as_float /
 // __float_as_uint, no #include.

@@ -45,7 +45,7 @@ def guarded(check: str, fn) -> None:
 # ---- 1. plasticity-cuda's own tests (built here with cargo test --no-run) ----
 # Host-only tests that read the checkout by the build machine's path, or need a C++ compiler: CI
 # runs them (scripts/test.sh); here they are skipped by name.
-HOST_ONLY_BINARIES = {"projection_host_reference", "apollo_host_reference"}
+HOST_ONLY_BINARIES = {"host_reference"}
 HOST_ONLY_TESTS = {"nvrtc_compile": ["registry_is_the_kernels_folder"]}
 
 
@@ -326,9 +326,9 @@ def apollo_bench() -> None:
 
 
 NOT_BUILT = [
-    ("Apollo projection generated on device = CPU stream", "see 'cargo test: projection' above (bit-exact)"),
+    ("Apollo projection generated on device = CPU stream", "in 'cargo test: gpu' above (projection::, bit-exact)"),
     ("Apollo step on device vs CPU Rust step, 400 steps, in Rust (f32 1e-5, bf16/f16 1e-3)",
-     "see 'cargo test: apollo_step' above (plasticity-cuda's DeviceApollo, direct and event-ordered)"),
+     "in 'cargo test: gpu' above (apollo_step::, plasticity-cuda's DeviceApollo, direct and event-ordered)"),
     ("training step of a transformers model on CUDA through the Trainer", "no CUDA training path yet"),
     ("side stream overlaps a forward on the main stream (CUDA events), no wrong result",
      "not measured yet: each step's side-stream work is ordered after the gradient and before torch's next work"),

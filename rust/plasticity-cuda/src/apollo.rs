@@ -7,7 +7,7 @@
 //! in which order and with which shape is decided by [`step_plan`] and
 //! [`params`], plain functions that a host test also drives: it runs the
 //! kernels' own source on the CPU, one thread after another, and compares the
-//! result with the core (tests/apollo_host_reference.rs). Stochastic rounding
+//! result with the core (tests/host_reference/apollo.rs). Stochastic rounding
 //! is not offered on the device yet (refused).
 
 use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};

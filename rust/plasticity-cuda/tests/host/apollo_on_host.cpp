@@ -1,5 +1,5 @@
 // kernels/apollo.cu as a host shared library: host_launch(entry, grid, block, params) plays
-// every GPU thread of one launch in turn, so tests/apollo_host_reference.rs can drive the
+// every GPU thread of one launch in turn, so tests/host_reference/apollo.rs can drive the
 // device step's own plan (plasticity_cuda::apollo::step_plan) on the CPU and compare it with
 // plasticity-core. Built with c++ -O2 -ffp-contract=off -shared -fPIC
 // -DPLASTICITY_KERNEL='"…/kernels/apollo.cu"'. Correct because the kernels use no shared

@@ -1,6 +1,6 @@
 // Runs a kernel file from kernels/ on the host, thread by thread, so a test can
 // compare the device arithmetic with plasticity-core's without a GPU.
-// Built by tests/projection_host_reference.rs with
+// Built by tests/host_reference/projection.rs with
 //   c++ -O2 -ffp-contract=off -DPLASTICITY_KERNEL='"…/kernels/apollo.cu"'
 // (no FMA contraction: the kernel is compiled with --fmad=false on the device).
 //

@@ -2,10 +2,10 @@
 //! steps (issue #15): relative weight error ≤ 1e-5 in f32 and ≤ 1e-3 in bf16
 //! and f16, projection refreshes, the limiter, weight decay, a skipped
 //! non-finite step, both sides of the projection, Apollo and Apollo-Mini.
-//! Skips without CUDA; tests/apollo_host_reference.rs runs the same kernels on
+//! Skips without CUDA; tests/host_reference/apollo.rs runs the same kernels on
 //! the host in CI.
 
-mod common;
+use crate::common;
 
 use half::{bf16, f16};
 use plasticity_core::apollo::{apollo_step, Geometry, Workspace};

@@ -1,6 +1,6 @@
 //! steering_add on a real GPU against a CPU reference. Skips without CUDA.
 
-mod common;
+use crate::common;
 
 use half::{bf16, f16};
 use plasticity_cuda::{

@@ -2,7 +2,7 @@
 //! compiled by the system C++ compiler (no FMA contraction, as NVRTC compiles it
 //! with --fmad=false) and run thread by thread must give plasticity-core's normal
 //! stream bit for bit. With this, a GPU run only has to show the device rounds
-//! like IEEE f32 (tests/projection.rs does, on a GPU).
+//! like IEEE f32 (tests/gpu/projection.rs does, on a GPU).
 //!
 //! Needs `c++` (g++ or clang++). Without one the test says so and passes, unless
 //! PLASTICITY_REQUIRE_CXX=1 (scripts/test.sh sets it): then it fails.

@@ -5,10 +5,10 @@
 //! another, against plasticity-core's `apollo_step` over many steps: both sides
 //! of the projection, channel and tensor scaling, the limiter, weight decay,
 //! projection refreshes, f32/bf16/f16 weights, and a skipped non-finite step.
-//! What remains for a GPU (tests/apollo_step.rs, via scripts/gpu_check.sh) is
+//! What remains for a GPU (tests/gpu/apollo_step.rs, via scripts/gpu_check.sh) is
 //! that the device runs the same code the same way.
 //!
-//! Needs `c++`; see projection_host_reference.rs for PLASTICITY_REQUIRE_CXX.
+//! Needs `c++`; see main.rs for PLASTICITY_REQUIRE_CXX.
 
 use std::ffi::{c_char, c_int, c_uint, c_ulong, CString};
 use std::path::{Path, PathBuf};

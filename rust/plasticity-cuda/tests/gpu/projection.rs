@@ -1,8 +1,8 @@
 //! Apollo's projection generated on a GPU equals plasticity-core's, bit for bit.
-//! Skips without CUDA (tests/projection_host_reference.rs checks the same
+//! Skips without CUDA (tests/host_reference/projection.rs checks the same
 //! arithmetic on the host).
 
-mod common;
+use crate::common;
 
 use plasticity_core::apollo::generate_projection as cpu_projection;
 use plasticity_cuda::{available, generate_projection, Gpu};
