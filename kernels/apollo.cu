@@ -105,14 +105,17 @@ extern "C" __global__ void apollo_fill_normal(float* out, unsigned long long see
 // ---------------------------------------------------------------------------
 // The Apollo step (docs/apollo.md), one matrix W (m x n) with gradient G:
 //
-//   apollo_begin            1 thread      clear this step's flags
-//   apollo_projection_step  per pair      P (rank x d) of period step / gap
+//   apollo_begin            1 thread      clear this step's flags and sums
+//   apollo_projection_step  per pair      P (rank x d) of period step / gap; stored transposed
+//                                         (d x rank) when m >= n, so the projection reads it coalesced
 //   apollo_gsq_<T>          per channel   sum of G^2 per channel (double); flags non-finite G
 //   apollo_project_<T>      per R element R = G P^T (m >= n) or P G (m < n), f32; flags non-finite R
-//   apollo_moments          per channel   Adam moments on R, sum N^2 and R^2 per channel (double)
-//   apollo_scale            1 thread      scaling factors, ||S||, the norm-growth limiter, step
-//                                         size, coefficient per channel; advances the state
-//   apollo_update_<T>       per element   W -= c G, then W -= lr wd W, rounded to T once
+//   apollo_moments          per channel   Adam moments on R, sum N^2 and R^2 per channel (double);
+//                                         their totals (tensor scaling) by atomic adds
+//   apollo_scale            per channel   scaling factor s_c; sum of s_c^2 gsq_c by atomic adds
+//   apollo_limit            1 thread      ||S||, the norm-growth limiter, the step size and the
+//                                         coefficient step_size * alpha / L; advances the state
+//   apollo_update_<T>       per element   W -= (s_c * coefficient) G, then W -= lr wd W, rounded to T once
 //
 // Every kernel takes one ApolloParams by value (the host builds one per step) and keeps its
 // state in device memory (ApolloState): the step count, the limiter's previous norm, and
@@ -120,7 +123,7 @@ extern "C" __global__ void apollo_fill_normal(float* out, unsigned long long see
 // synchronisation; a non-finite gradient makes every later kernel of the step a no-op, leaving
 // the weight and the state bit-identical, as on the CPU. Arithmetic matches
 // plasticity-core's apollo_step operation for operation except the order of the sums in R
-// (f32) and in the channel norms (double).
+// (f32) and of the double sums (channel norms; totals by atomic adds, in no fixed order).
 //
 // Layouts must match rust/plasticity-cuda/src/apollo.rs (#[repr(C)], no padding).
 
@@ -133,6 +136,10 @@ struct ApolloState {
     float limiter;                    // this step's L >= 1
     float step_size;                  // this step's bias-corrected step size
     unsigned long long skipped_total; // steps skipped so far
+    double total_nsq, total_rsq;      // this step: sum over channels of N^2 and R^2 (tensor scaling)
+    double total_ss;                  // this step: sum over channels of s_c^2 gsq_c = ||S||^2
+    float coef;                       // this step: step_size * alpha / L
+    int pad;
 };
 
 struct ApolloParams {
@@ -246,6 +253,9 @@ extern "C" __global__ void apollo_begin(ApolloParams a) {
         ApolloState* st = APOLLO_STATE(a);
         st->skipped = 0;
         st->refreshed = st->step % a.gap == 0ull;
+        st->total_nsq = 0.0;
+        st->total_rsq = 0.0;
+        st->total_ss = 0.0;
     }
 }
 
@@ -259,8 +269,13 @@ extern "C" __global__ void apollo_projection_step(ApolloParams a) {
     APOLLO_FOR(pair, (len + 1ull) / 2ull) {
         float x, y;
         rng_normal_pair(seed, pair, &x, &y);
-        out[2ull * pair] = x * a.std_dev;
-        if (2ull * pair + 1ull < len) out[2ull * pair + 1ull] = y * a.std_dev;
+        for (unsigned long long h = 0; h < 2ull; ++h) {
+            const unsigned long long e = 2ull * pair + h;  // element (k, j) of P, row-major rank x d
+            if (e >= len) break;
+            const float v = (h == 0ull ? x : y) * a.std_dev;
+            // m >= n: store P^T (d x rank): threads of one R row read consecutive k.
+            out[a.right ? (e % d) * a.rank + e / d : e] = v;
+        }
     }
 }
 
@@ -294,12 +309,12 @@ extern "C" __global__ void apollo_projection_step(ApolloParams a) {
         const ELEM* g = (const ELEM*)a.g;                                                     \
         const float* p = (const float*)a.p;                                                   \
         float* r = (float*)a.r;                                                               \
-        if (a.right) { /* R[i, k] = sum_j G[i, j] P[k, j]; R is m x rank */                   \
+        if (a.right) { /* R[i, k] = sum_j G[i, j] P^T[j, k]; R is m x rank */                 \
             APOLLO_FOR(e, a.m * a.rank) {                                                     \
                 const unsigned long long i = e / a.rank, k = e % a.rank;                      \
                 float acc = 0.0f;                                                             \
                 for (unsigned long long j = 0; j < a.n; ++j)                                  \
-                    acc += LOAD(g[i * a.n + j]) * p[k * a.n + j];                             \
+                    acc += LOAD(g[i * a.n + j]) * p[j * a.rank + k];                          \
                 r[e] = acc;                                                                   \
                 if (!finite_f32(acc)) APOLLO_STATE(a)->skipped = 1;                           \
             }                                                                                 \
@@ -319,8 +334,9 @@ extern "C" __global__ void apollo_projection_step(ApolloParams a) {
         ELEM* w = (ELEM*)a.w;                                                                 \
         const ELEM* g = (const ELEM*)a.g;                                                     \
         const float* coef = (const float*)a.scale;                                            \
+        const float k = APOLLO_STATE(a)->coef;                                                \
         APOLLO_FOR(e, a.m * a.n) {                                                            \
-            const float c = coef[a.right ? e / a.n : e % a.n];                                \
+            const float c = coef[a.right ? e / a.n : e % a.n] * k;                            \
             float x = LOAD(w[e]) - c * LOAD(g[e]);                                            \
             if (a.decay > 0.0f) x -= a.decay * x;                                             \
             w[e] = STORE(x);                                                                  \
@@ -359,36 +375,41 @@ extern "C" __global__ void apollo_moments(ApolloParams a) {
         }
         nsq[c] = na;
         rsq[c] = ra;
+        if (a.tensor_scale) {
+            atomicAdd(&APOLLO_STATE(a)->total_nsq, na);
+            atomicAdd(&APOLLO_STATE(a)->total_rsq, ra);
+        }
     }
 }
 
-// One thread: the scaling factors, ||S|| = sqrt(sum s_c^2 gsq_c), the limiter, the step size,
-// and scale[c] = s_c * step_size * alpha / L. Advances the state; a skipped step only counts.
+// Per channel: s_c = ||N_c|| / (||R_c|| + 1e-8) (or the tensor-wide factor from the totals),
+// and ||S||^2 = sum s_c^2 gsq_c by atomic adds.
 extern "C" __global__ void apollo_scale(ApolloParams a) {
+    ApolloState* st = APOLLO_STATE(a);
+    if (st->skipped) return;
+    const double* gsq = (const double*)a.gsq;
+    const double* nsq = (const double*)a.nsq;
+    const double* rsq = (const double*)a.rsq;
+    float* scale = (float*)a.scale;
+    const unsigned long long channels = a.right ? a.m : a.n;
+    APOLLO_FOR(c, channels) {
+        const float s = a.tensor_scale ? (float)(sqrt(st->total_nsq) / (sqrt(st->total_rsq) + 1e-8))
+                                       : (float)(sqrt(nsq[c]) / (sqrt(rsq[c]) + 1e-8));
+        scale[c] = s;
+        atomicAdd(&st->total_ss, (double)s * (double)s * gsq[c]);
+    }
+}
+
+// One thread: ||S||, the limiter, the step size and the coefficient; advances the state. A
+// skipped step only counts.
+extern "C" __global__ void apollo_limit(ApolloParams a) {
     if (blockIdx.x != 0 || threadIdx.x != 0) return;
     ApolloState* st = APOLLO_STATE(a);
     if (st->skipped) {
         st->skipped_total += 1ull;
         return;
     }
-    const double* gsq = (const double*)a.gsq;
-    const double* nsq = (const double*)a.nsq;
-    const double* rsq = (const double*)a.rsq;
-    float* scale = (float*)a.scale;
-    const unsigned long long channels = a.right ? a.m : a.n;
-    if (a.tensor_scale) {
-        double ta = 0.0, tb = 0.0;
-        for (unsigned long long c = 0; c < channels; ++c) ta += nsq[c];
-        for (unsigned long long c = 0; c < channels; ++c) tb += rsq[c];
-        const float s = (float)(sqrt(ta) / (sqrt(tb) + 1e-8));
-        for (unsigned long long c = 0; c < channels; ++c) scale[c] = s;
-    } else {
-        for (unsigned long long c = 0; c < channels; ++c)
-            scale[c] = (float)(sqrt(nsq[c]) / (sqrt(rsq[c]) + 1e-8));
-    }
-    double ss = 0.0;
-    for (unsigned long long c = 0; c < channels; ++c) ss += (double)scale[c] * (double)scale[c] * gsq[c];
-    const double s_norm = sqrt(ss);
+    const double s_norm = sqrt(st->total_ss);
     float limiter = 1.0f;
     if (a.use_limiter) {
         if (st->has_prev) {
@@ -410,6 +431,5 @@ extern "C" __global__ void apollo_scale(ApolloParams a) {
     }
     st->limiter = limiter;
     st->step_size = step_size;
-    const float coef = step_size * a.alpha / limiter;
-    for (unsigned long long c = 0; c < channels; ++c) scale[c] = scale[c] * coef;
+    st->coef = step_size * a.alpha / limiter;
 }

@@ -1,7 +1,7 @@
 //! Apollo's step on the device: `kernels/apollo.cu`, driven from here.
 //!
 //! The same step as plasticity-core's `apollo_step` (f32 state; f32, bf16 or
-//! f16 weights), in seven launches that need no host synchronisation: the
+//! f16 weights), in eight launches that need no host synchronisation: the
 //! step count, the limiter's previous norm and the "skipped" flag of a
 //! non-finite gradient live on the device ([`ApolloState`]). What is launched,
 //! in which order and with which shape is decided by [`step_plan`] and
@@ -40,6 +40,13 @@ pub struct ApolloState {
     pub step_size: f32,
     /// Steps skipped so far.
     pub skipped_total: u64,
+    /// This step's Σ N² and Σ R² over channels (tensor scaling), and ‖S‖².
+    pub total_nsq: f64,
+    pub total_rsq: f64,
+    pub total_ss: f64,
+    /// This step's step_size·α/L.
+    pub coef: f32,
+    pub pad: i32,
 }
 
 // SAFETY: plain old data with the kernel's layout (checked by a test against the host build).
@@ -219,7 +226,8 @@ pub fn step_plan(float: FloatType, m: usize, n: usize, rank: usize) -> Vec<(Stri
         (format!("apollo_gsq_{t}"), grid(s.channels as u64)),
         (format!("apollo_project_{t}"), grid(s.r as u64)),
         ("apollo_moments".to_string(), grid(s.channels as u64)),
-        ("apollo_scale".to_string(), ONE_THREAD),
+        ("apollo_scale".to_string(), grid(s.channels as u64)),
+        ("apollo_limit".to_string(), ONE_THREAD),
         (format!("apollo_update_{t}"), grid((m * n) as u64)),
     ]
 }
@@ -232,6 +240,7 @@ pub fn apollo_entries() -> Vec<String> {
         "apollo_projection_step",
         "apollo_moments",
         "apollo_scale",
+        "apollo_limit",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -412,7 +421,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn plan_is_seven_launches_in_the_step_order() {
+    fn plan_is_eight_launches_in_the_step_order() {
         let plan = step_plan(FloatType::BF16, 5120, 17408, 256);
         let names: Vec<&str> = plan.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
@@ -424,6 +433,7 @@ mod tests {
                 "apollo_project_bf16",
                 "apollo_moments",
                 "apollo_scale",
+                "apollo_limit",
                 "apollo_update_bf16"
             ]
         );
@@ -437,9 +447,13 @@ mod tests {
                 "{name}: {shape:?}"
             );
         }
-        // The two single-thread kernels carry the sequential sums (the CPU's order).
+        // One thread clears the step's flags and sums, one turns the sums into the limiter.
         assert_eq!(plan[0].1, ONE_THREAD);
-        assert_eq!(plan[5].1, ONE_THREAD);
+        assert_eq!(plan[6].1, ONE_THREAD);
+        assert!(
+            plan[5].1.threads_x() >= 17408,
+            "one thread per channel for the scaling factors"
+        );
         // m < n: channels are the 17408 columns, R is r×n, P is r×m.
         let s = Scratch::for_matrix(5120, 17408, 256);
         assert_eq!(
@@ -501,7 +515,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_padding() {
-        assert_eq!(std::mem::size_of::<ApolloState>(), 40);
+        assert_eq!(std::mem::size_of::<ApolloState>(), 72);
         assert_eq!(std::mem::size_of::<ApolloParams>(), 16 * 8 + 8 * 4 + 4 * 4);
     }
 }

@@ -3,7 +3,8 @@
 // device step's own plan (plasticity_cuda::apollo::step_plan) on the CPU and compare it with
 // plasticity-core. Built with c++ -O2 -ffp-contract=off -shared -fPIC
 // -DPLASTICITY_KERNEL='"…/kernels/apollo.cu"'. Correct because the kernels use no shared
-// memory and no barriers: each thread's work depends only on earlier launches.
+// memory and no barriers: each thread's work depends only on earlier launches (atomic adds
+// only sum, in whatever order).
 
 #include <cmath>
 #include <cstring>
@@ -15,6 +16,8 @@ static plasticity_dim3 blockIdx, blockDim, threadIdx, gridDim;
 #define __forceinline__ inline
 static inline float __uint_as_float(unsigned int u) { float f; std::memcpy(&f, &u, 4); return f; }
 static inline unsigned int __float_as_uint(float f) { unsigned int u; std::memcpy(&u, &f, 4); return u; }
+// One host thread plays every GPU thread in turn: an atomic add is a plain add.
+static inline double atomicAdd(double* address, double v) { double old = *address; *address = old + v; return old; }
 
 #include PLASTICITY_KERNEL
 
@@ -26,6 +29,7 @@ static const entry ENTRIES[] = {
     {"apollo_projection_step", apollo_projection_step},
     {"apollo_moments", apollo_moments},
     {"apollo_scale", apollo_scale},
+    {"apollo_limit", apollo_limit},
     {"apollo_gsq_f32", apollo_gsq_f32}, {"apollo_gsq_bf16", apollo_gsq_bf16}, {"apollo_gsq_f16", apollo_gsq_f16},
     {"apollo_project_f32", apollo_project_f32}, {"apollo_project_bf16", apollo_project_bf16},
     {"apollo_project_f16", apollo_project_f16},

@@ -21,6 +21,7 @@ static plasticity_dim3 blockIdx, blockDim, threadIdx, gridDim;
 #define __forceinline__ inline
 static inline float __uint_as_float(unsigned int u) { float f; std::memcpy(&f, &u, 4); return f; }
 static inline unsigned int __float_as_uint(float f) { unsigned int u; std::memcpy(&u, &f, 4); return u; }
+static inline double atomicAdd(double* address, double v) { double old = *address; *address = old + v; return old; }
 
 #include PLASTICITY_KERNEL
 
