@@ -23,6 +23,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS: list[tuple[str, str, str]] = []
+# The whole run must end within 6 minutes with its table printed: every check gets what is left of
+# this budget, and checks that would start after it are reported as not run.
+BUDGET_S = 300.0
+T0 = time.monotonic()
+
+
+def left(cap: float) -> float:
+    """Seconds a subprocess may take: at most ``cap`` and what is left of the budget (at least 1)."""
+    return max(1.0, min(cap, BUDGET_S - (time.monotonic() - T0)))
 
 
 def row(check: str, result: str, detail: str = "") -> None:
@@ -32,6 +41,9 @@ def row(check: str, result: str, detail: str = "") -> None:
 
 def guarded(check: str, fn) -> None:
     """Run one check; an exception is a FAIL row with its last line."""
+    if time.monotonic() - T0 > BUDGET_S - 10:
+        row(check, "FAIL", f"not run: the {BUDGET_S:.0f} s budget of this script is spent")
+        return
     t0 = time.perf_counter()
     try:
         fn()
@@ -63,9 +75,9 @@ def cargo_tests(bundle: Path, nvrtc: str | None) -> None:
             args += ["--skip", skip]
         check = f"cargo test: {name}"
         try:
-            p = subprocess.run(args, env=env, capture_output=True, text=True, timeout=180)
+            p = subprocess.run(args, env=env, capture_output=True, text=True, timeout=left(180))
         except subprocess.TimeoutExpired:
-            row(check, "FAIL", "timed out after 180 s")
+            row(check, "FAIL", "timed out (180 s, or the script's budget)")
             continue
         out = p.stdout + p.stderr
         m = re.search(r"test result: (\w+)\. (\d+) passed; (\d+) failed", out)
@@ -233,11 +245,16 @@ def pytest_gpu() -> None:
         row("pytest GPU tests (steering op, attacks, plasticity.cuda)", "not run", "no pytest on this machine; "
             "the same checks ran above")
         return
-    files = ["tests/steering/test_steering_op.py", "tests/attacks/test_steering_cuda_inputs.py", "tests/test_cuda.py"]
-    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *files],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    files = ["tests/steering/test_steering_op.py", "tests/attacks/test_steering_cuda_inputs.py", "tests/test_cuda.py",
+             "tests/optim/test_apollo_cuda.py", "tests/attacks/test_apollo_cuda_inputs.py"]
+    try:
+        p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *files],
+                           cwd=ROOT, capture_output=True, text=True, timeout=left(150))
+    except subprocess.TimeoutExpired:
+        row("pytest GPU tests (steering op, attacks, plasticity.cuda)", "FAIL", "timed out")
+        return
     tail = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else p.stderr[-300:]
-    row("pytest GPU tests (steering op, attacks, plasticity.cuda)", "PASS" if p.returncode == 0 else "FAIL", tail)
+    row("pytest GPU tests (steering op, attacks, plasticity.cuda, Apollo on CUDA)", "PASS" if p.returncode == 0 else "FAIL", tail)
 
 
 # ---- 5. what issue #15 asks for that has no code yet ----
@@ -307,9 +324,9 @@ def apollo_bench() -> None:
     cmd = [sys.executable, str(ROOT / "scripts" / "bench_apollo.py"), "--device", "cuda", "--dtype", "bfloat16",
            "--shapes", "4096x4096,5120x17408,17408x5120", "--rounds", "2", "--reps", "3", "--json", str(out)]
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=200)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=left(150))
     except subprocess.TimeoutExpired:
-        row(check, "MISS", "did not finish in 200 s (the device step is unoptimised)")
+        row(check, "MISS", "did not finish in its time (the device step is unoptimised)")
         return
     if p.returncode != 0 or not out.exists():
         raise RuntimeError(f"rc {p.returncode}: {(p.stdout + p.stderr)[-300:]}")
