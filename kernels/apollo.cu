@@ -16,7 +16,7 @@
 // checked against the
 // core, so keep it plain C++: no PTX, no shared memory, no __syncthreads (the
 // host runs one thread after another), no intrinsics beyond __uint_as_float /
-// __float_as_uint, no #include.
+// __float_as_uint and atomicAdd on doubles, no #include.
 //
 // The seed passed in is the period's stream seed, rng::derive(matrix seed,
 // period), formed on the host by the same function the CPU path uses.
