@@ -20,7 +20,8 @@
 //
 // No #include on purpose: NVRTC on the GPU host may not have cuda_fp16.h /
 // cuda_bf16.h on its include path, so the 16-bit variants take raw bits
-// (unsigned short) and convert by hand / with inline PTX. Every variant adds
+// (unsigned short) and convert by hand / with inline PTX (on the host, where a
+// test runs this file thread by thread, by hand too). Every variant adds
 // in f32 and rounds once, matching `residual + table[slot]` in PyTorch for
 // the same dtype.
 
@@ -38,6 +39,8 @@ __device__ __forceinline__ unsigned short f32_to_bf16(float f) {
     return (unsigned short)(u >> 16);
 }
 
+#ifdef __CUDACC_RTC__
+// On the device: the hardware conversions (round to nearest even).
 __device__ __forceinline__ float f16_to_f32(unsigned short h) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
@@ -49,6 +52,43 @@ __device__ __forceinline__ unsigned short f32_to_f16(float f) {
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
     return h;
 }
+#else
+// On the host (rust/plasticity-cuda/tests/host_reference/steering.rs runs this file with c++):
+// the same conversions by bit manipulation, as the `half` crate does them.
+__device__ __forceinline__ float f16_to_f32(unsigned short i) {
+    if ((i & 0x7fffu) == 0) return __uint_as_float(((unsigned int)i) << 16);
+    const unsigned int sign = ((unsigned int)(i & 0x8000u)) << 16;
+    const unsigned int exp = i & 0x7c00u, man = i & 0x03ffu;
+    if (exp == 0x7c00u) return __uint_as_float(sign | 0x7f800000u | (man ? 0x00400000u | (man << 13) : 0u));
+    if (exp == 0) {
+        int e = 0;
+        unsigned int mm = man;
+        while ((mm & 0x0400u) == 0) { mm <<= 1; e += 1; }
+        return __uint_as_float(sign | ((unsigned int)(127 - 15 - (e - 1)) << 23) | ((man << (14 + (e - 1))) & 0x7fffffu));
+    }
+    return __uint_as_float(sign | ((unsigned int)((int)(exp >> 10) - 15 + 127) << 23) | (man << 13));
+}
+
+__device__ __forceinline__ unsigned short f32_to_f16(float value) {
+    const unsigned int x = __float_as_uint(value);
+    const unsigned int sign = x & 0x80000000u, exp = x & 0x7f800000u, man = x & 0x007fffffu;
+    if (exp == 0x7f800000u) return (unsigned short)((sign >> 16) | 0x7c00u | (man ? 0x0200u : 0u) | (man >> 13));
+    const unsigned int half_sign = sign >> 16;
+    const int half_exp = (int)(exp >> 23) - 127 + 15;
+    if (half_exp >= 0x1f) return (unsigned short)(half_sign | 0x7c00u);
+    if (half_exp <= 0) {
+        if (14 - half_exp > 24) return (unsigned short)half_sign;
+        const unsigned int mm = man | 0x00800000u;
+        unsigned int half_man = mm >> (14 - half_exp);
+        const unsigned int round_bit = 1u << (13 - half_exp);
+        if ((mm & round_bit) != 0 && (mm & (3u * round_bit - 1u)) != 0) half_man += 1;
+        return (unsigned short)(half_sign | half_man);
+    }
+    const unsigned int bits = half_sign | ((unsigned int)half_exp << 10) | (man >> 13);
+    const unsigned int round_bit = 0x00001000u;
+    return (unsigned short)(((man & round_bit) != 0 && (man & (3u * round_bit - 1u)) != 0) ? bits + 1u : bits);
+}
+#endif
 
 // Element-wise sums, one per (element type, vector width).
 __device__ __forceinline__ float add_f32(float a, float b) { return a + b; }

@@ -104,6 +104,13 @@ fn kernels_compile_with_nvrtc() {
         "no f32 multiply?"
     );
     assert!(!ptx.contains("fma.rn.f32"), "apollo was contracted to FMA");
+    // NVRTC takes the device branch of steering_add.cu (__CUDACC_RTC__): hardware f16 conversions,
+    // not the host test's bit manipulation.
+    let ptx = compile_ptx("steering_add", "compute_90").unwrap().to_src();
+    assert!(
+        ptx.contains("cvt.rn.f16.f32"),
+        "steering_add's f16 store is not the hardware conversion"
+    );
     // A bad arch is a Compile error carrying NVRTC's log, not a panic.
     match compile_ptx("steering_add", "compute_1") {
         Err(CudaError::Compile { kernel, .. }) => assert_eq!(kernel, "steering_add"),
