@@ -96,7 +96,15 @@ def cargo_tests(bundle: Path, nvrtc: str | None) -> None:
 
 # ---- 2. the wheel on this machine ----
 def wheel_and_device() -> None:
+    import importlib.util
+
     import torch
+
+    # The wheel was installed with --no-deps; the steering package imports numpy.
+    missing = [m for m in ("numpy",) if importlib.util.find_spec(m) is None]
+    if missing:
+        row("the wheel's Python dependencies", "FAIL", f"missing {missing} in this Python: the steering rows will fail "
+            "on import; install them into the torch environment")
 
     import plasticity
     from plasticity import cuda
