@@ -152,7 +152,12 @@ def _snapshots_cross_tp_sizes(srv, folder, before, served, ref_answers):
     assert ts.request(srv, "POST", "/v1/snapshots", {"name": "tp2-again"})[0] == 201
     again = SafetensorsFile(folder / "tp2-again" / "task_vector.safetensors")
     assert all(torch.equal(again.get(n), tp2.get(n)) for n in tp2.names)  # the rollback is bit-identical
-    print(f"  snapshots: TP=2's task vector vs TP=1's {worst:.1e} relative; rollbacks to base, tp1, tp2 exact")
+    # an edit on whole tensors, written back per rank: live - τ(tp2) is the base again
+    code, out = ts.request(srv, "POST", "/v1/snapshots/apply", {"method": "negate", "snapshot": "tp2"})
+    assert code == 200, out
+    assert _complete(srv) == before
+    print(f"  snapshots: TP=2's task vector vs TP=1's {worst:.1e} relative; rollbacks to base, tp1, tp2 exact; "
+          f"negating tp2 gives the base's answers")
 
 
 def test_what_tp_does_not_support_yet_is_refused_by_name(vllm_servers, tmp_path_factory):
@@ -163,6 +168,29 @@ def test_what_tp_does_not_support_yet_is_refused_by_name(vllm_servers, tmp_path_
                                ("POST", "/v1/training/discard", None)):
         code, out = ts.request(srv, method, path, body)
         assert code >= 400 and "tensor parallelism" in str(out), (path, code, out)
+
+
+def test_the_forgetting_guard_rolls_every_rank_back(vllm_servers, tmp_path_factory):
+    """The guard under TP: held-out perplexity measured by both ranks in step; when it rises past
+    the threshold both ranks pause and roll back to the base, to the same perplexity as at start."""
+    from conftest import _steering_server
+
+    root = tmp_path_factory.mktemp("train-tp2-guard")
+    cfg = ts.write_config(root, guard_every=4, guard_threshold=0.02, **{**SETTINGS, "lr": 5e-3})
+    env = {**ts.plugin_env(cfg), "VLLM_CPU_OMP_THREADS_BIND": "0|1"}
+    srv = _steering_server(vllm_servers, tmp_path_factory, ("train-tp2-guard",), env, extra_args=TP_ARGS)
+    before = _complete(srv)
+    assert ts.request(srv, "POST", "/v1/training/examples", _examples())[0] == 202
+    t0 = time.time()
+    while not ((st := ts.status(srv))["guard"]["trips"] and st["guard"]["events"][0]["heldout_ppl_after"]):
+        assert time.time() - t0 < 300 and not st.get("last_error"), st
+        time.sleep(0.5)
+    ev = st["guard"]["events"][0]
+    print(f"\nTP=2 GUARD: tripped at step {ev['step']}: held-out ppl {ev['heldout_ppl']:.3f} > {ev['limit']:.3f}, "
+          f"after the rollback {ev['heldout_ppl_after']:.3f} (at start {st['heldout_ppl_initial']:.3f})")
+    assert all(w["paused"] and w["guard"]["trips"] == 1 for w in st["workers"]), st["workers"]
+    assert ev["heldout_ppl_after"] == pytest.approx(st["heldout_ppl_initial"], rel=1e-6)
+    assert _complete(srv) == before
 
 
 @pytest.mark.slow
