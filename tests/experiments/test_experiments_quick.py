@@ -15,7 +15,7 @@ import re
 import pytest
 import torch
 
-from models import heldout_path, model_dir
+from models import heldout_path, manifest, model_dir
 
 from plasticity.experiments import EXPERIMENTS
 from plasticity.experiments.cli import add_parser, main as cli_main, namespace, run_one
@@ -69,6 +69,10 @@ def test_quick_experiment(name, tmp_path):
 
     saved = _strict_json(out / "results.json")
     assert saved["answer"] == res["answer"]
+    # every result names the exact model bytes it came from (the plots carry the same caption)
+    mname = MODEL.get(name, "qwen3-tiny")
+    assert saved["setup"]["model_name"] == mname
+    assert saved["setup"]["model_sha256"] == manifest(mname)["model_safetensors_sha256"]
     ans = res["answer"]
     assert len(ans) > 60 and re.search(r"\d", ans), ans
     assert ans in (out / "report.md").read_text()

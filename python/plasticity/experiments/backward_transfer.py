@@ -17,6 +17,10 @@ QUICK = C.Budget(tasks=["ticket-reply", "format-rule"], steps=3, lr=1e-3, rank=3
                  **C.QUICK_EVAL)
 FULL = C.Budget(tasks=["ticket-reply", "format-rule", "refusal"], steps=120, lr=1e-3, rank=32, replays=[0.25, 0.75],
                 **C.FULL_EVAL)
+# SmolLM2 learns each reply within ~10 steps at lr 1e-4: 30 steps a behaviour (~17 min a seed).
+REAL = C.Budget(tasks=["ticket-reply", "format-rule", "refusal"], steps=30, lr=1e-4, rank=64, replays=[0.25, 0.75],
+                **C.FULL_EVAL)
+BUDGETS = C.Budgets(QUICK, FULL, REAL)
 
 TITLE = "backward transfer across behaviours and general text"
 QUESTION = ("Does learning behaviour B change the scores on an earlier behaviour A and on general text "
@@ -26,8 +30,7 @@ QUESTION = ("Does learning behaviour B change the scores on an earlier behaviour
 def run(args) -> dict:
     from plasticity.eval.metrics import continual_metrics
 
-    b = QUICK if args.quick else FULL
-    rig, log, out = C.start(args, "backward-transfer", b)
+    rig, log, out, b = C.start(args, "backward-transfer", BUDGETS)
     tasks = list(b.tasks)
     data = {t: rig.behaviour_examples(t, "train") for t in tasks}
 

@@ -34,11 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # the experiments use all of these through this module (``from . import common as C``)
-from .paths import corpus_paths, models_root, resolve_model
-from .plots import bar_plot, heatmap, line_plot, panel_bars
+from .paths import corpus_paths, manifest, models_root, resolve_model
+from .plots import bar_plot, heatmap, line_plot, panel_bars, set_caption
 from .report import fmt, sanity_problems, write_outputs
 
-__all__ = ["EXPERIMENTS", "Budget", "Example", "Rig", "Log", "models_root", "resolve_model", "corpus_paths",
+__all__ = ["EXPERIMENTS", "Budget", "Budgets", "Example", "Rig", "Log", "models_root", "resolve_model", "corpus_paths",
            "write_outputs", "sanity_problems", "pct", "fmt", "line_plot", "bar_plot", "heatmap", "panel_bars",
            "loss_function", "relative_change"]
 
@@ -53,8 +53,12 @@ EXPERIMENTS = {
     "apollo-vs-adamw": ("apollo_vs_adamw", "Apollo vs Apollo-Mini vs AdamW: loss, forgetting, optimizer memory"),
 }
 
-DEFAULT_MODEL = "qwen3-tiny"
-HYBRID_MODEL = "qwen3_5-tiny"
+DEFAULT_MODEL = "smollm2-135m-instruct"  # the project's real model (scripts/setup_smollm2.sh builds it)
+TINY_MODEL = "qwen3-tiny"                # --quick runs (CI) and the toy comparison
+HYBRID_MODEL = "qwen3_5-tiny"            # gdn-state: the only hybrid (Gated DeltaNet) model there is locally
+# A model whose weight files exceed this gets the experiment's ``real`` budget: sized for
+# SmolLM2-135M (540 MB in float32) on 2 cores, against 17 MB for the 4M-parameter test models.
+REAL_MODEL_BYTES = 100 * 2**20
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -86,6 +90,51 @@ class Budget:
 
     def __repr__(self):
         return f"Budget({self.__dict__})"
+
+
+class Budgets:
+    """An experiment's budgets: ``quick`` (a few steps on the tiny model: a smoke test), ``tiny`` (the
+    full run on the 4M-parameter test models) and ``real`` (the full run sized for SmolLM2-135M on 2
+    cores, at most 20 minutes a seed; a real model learns at a tenth of the tiny model's rate and
+    costs ~30x more per step). Without ``--model`` a full run uses ``default_model`` and --quick
+    the tiny one."""
+
+    def __init__(self, quick: Budget, tiny: Budget, real: Budget | None = None, *,
+                 default_model: str = DEFAULT_MODEL):
+        self.quick, self.tiny, self.real, self.default_model = quick, tiny, real, default_model
+
+    def model_dir(self, args) -> Path:
+        default = TINY_MODEL if getattr(args, "quick", False) and self.default_model == DEFAULT_MODEL \
+            else self.default_model
+        return resolve_model(getattr(args, "model", None), default)
+
+    def pick(self, args, model_dir: Path | None = None) -> Budget:
+        if getattr(args, "quick", False):
+            return self.quick
+        if self.real is not None and model_bytes(model_dir or self.model_dir(args)) > REAL_MODEL_BYTES:
+            return self.real
+        return self.tiny
+
+
+def model_bytes(model_dir: Path) -> int:
+    return sum(f.stat().st_size for f in Path(model_dir).glob("*.safetensors"))
+
+
+def model_identity(model_dir: Path) -> dict:
+    """The model's name and the sha256 of its weights (from the build manifest, else hashed here)."""
+    import hashlib
+
+    m = manifest(model_dir)
+    sha = m.get("model_safetensors_sha256")
+    if not sha:
+        files = sorted(Path(model_dir).glob("*.safetensors"))
+        h = hashlib.sha256()
+        for f in files:
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 24), b""):
+                    h.update(block)
+        sha = h.hexdigest() if files else "unknown"
+    return {"model_name": m.get("name") or Path(model_dir).name, "model_sha256": sha}
 
 
 # How much each measurement reads: the quick (CI) variants a few tests and 512 held-out tokens, the
@@ -360,9 +409,10 @@ def finish(result: dict, log: Log, *, quick: bool, budget: Budget, setup: dict) 
     return result
 
 
-def start(args, name: str, budget: Budget, *, default_model: str = DEFAULT_MODEL, dtype: str = "float32",
-          modules=("all-linear",)) -> tuple[Rig, Log, Path]:
-    """Seeds, the progress log, the output folder and the rig, from the CLI arguments."""
+def start(args, name: str, budgets: Budgets, *, dtype: str = "float32",
+          modules=("all-linear",)) -> tuple[Rig, Log, Path, Budget]:
+    """Seeds, the progress log, the output folder, the rig and the budget for its model, from the CLI
+    arguments."""
     import torch
 
     torch.set_num_threads(int(getattr(args, "threads", None) or 1))
@@ -370,20 +420,25 @@ def start(args, name: str, budget: Budget, *, default_model: str = DEFAULT_MODEL
     torch.manual_seed(seed)
     random.seed(seed)
     log = Log(name, enabled=not getattr(args, "no_progress", False))
-    model_dir = resolve_model(getattr(args, "model", None), default_model)
+    model_dir = budgets.model_dir(args)
+    budget = budgets.pick(args, model_dir)
     heldout, replay = corpus_paths(model_dir, getattr(args, "heldout", None), getattr(args, "replay", None))
     out = Path(getattr(args, "out", None) or Path("experiments-out") / name)
     out.mkdir(parents=True, exist_ok=True)
-    log(f"{'quick' if args.quick else 'full'} budget {budget.as_dict()} -> {out}")
+    ident = model_identity(model_dir)
+    set_caption(f"{ident['model_name']}, model.safetensors sha256 {ident['model_sha256'][:12]}, "
+                f"seed {seed} (one seed)")
+    log(f"{'quick' if args.quick else 'full'} budget {budget.as_dict()} on {ident['model_name']} -> {out}")
     rig = Rig(model_dir, heldout=heldout, replay=replay, dtype=dtype, modules=modules,
               heldout_tokens=budget.heldout_tokens, seed=seed, log=log)
-    return rig, log, out
+    rig.identity = ident
+    return rig, log, out, budget
 
 
 def base_setup(rig: Rig, args) -> dict:
     import torch
 
-    return {"model": str(rig.model_dir), "dtype": rig.dtype_name, "trainable_modules": list(rig.modules),
+    return {"model": str(rig.model_dir), **getattr(rig, "identity", {}), "dtype": rig.dtype_name, "trainable_modules": list(rig.modules),
             "trainable_params": rig.n_trainable, "heldout_text": str(rig.heldout_path),
             "heldout_tokens": int(rig.heldout_ids.numel()) if rig.heldout_ids is not None else 0,
             "replay_text": str(rig.replay_path), "seed": rig.seed, "torch_threads": torch.get_num_threads(),

@@ -18,6 +18,9 @@ QUICK = C.Budget(behaviour="ticket-reply", history_tokens=48, steps=3, lr=1e-3, 
                  **C.QUICK_EVAL)
 FULL = C.Budget(behaviour="ticket-reply", history_tokens=384, steps=100, lr=1e-3, rank=32, replay_ratio=0.25,
                 **C.FULL_EVAL)
+REAL = C.Budget(behaviour="ticket-reply", history_tokens=384, steps=40, lr=1e-4, rank=64, replay_ratio=0.25,
+                **C.FULL_EVAL)
+BUDGETS = C.Budgets(QUICK, FULL, REAL)
 
 TITLE = "context-frozen vs full backprop"
 QUESTION = ("On the same examples, what does context-frozen training change against full backprop: behaviour "
@@ -48,8 +51,7 @@ def run(args) -> dict:
 
     from plasticity.training import core
 
-    b = QUICK if args.quick else FULL
-    rig, log, out = C.start(args, "context-frozen", b)
+    rig, log, out, b = C.start(args, "context-frozen", BUDGETS)
     train = _with_history(rig, b.behaviour, "train", b.history_tokens, 0)
     random.Random(f"{rig.seed}:cf").shuffle(train)
     held_hist = _with_history(rig, b.behaviour, "heldout", b.history_tokens, 7)[:b.max_nll]

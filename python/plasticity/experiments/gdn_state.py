@@ -23,6 +23,7 @@ QUICK = C.Budget(behaviour="ticket-reply", other="format-rule", checkpoints=[1, 
                  n_inputs=2, text_window=64, **C.QUICK_EVAL)
 FULL = C.Budget(behaviour="ticket-reply", other="format-rule", checkpoints=[10, 30, 90], lr=1e-3, rank=32, replay_ratio=0.25,
                 n_inputs=8, text_window=128, **C.FULL_EVAL)
+BUDGETS = C.Budgets(QUICK, FULL, default_model=C.HYBRID_MODEL)
 
 TITLE = "GDN recurrent states and attention outputs before/after training (hybrid model)"
 QUESTION = ("Does the Gated DeltaNet recurrent state on fixed inputs change after training, how much per layer, "
@@ -89,8 +90,7 @@ def _compare(before: list[dict], after: list[dict], layer: int, key: str) -> dic
 
 
 def run(args) -> dict:
-    b = QUICK if args.quick else FULL
-    rig, log, out = C.start(args, "gdn-state", b, default_model=C.HYBRID_MODEL, modules=("all-linear", "gdn"))
+    rig, log, out, b = C.start(args, "gdn-state", BUDGETS, modules=("all-linear", "gdn"))
     layer_types = list(getattr(rig.model.config, "layer_types", None) or ["full_attention"] * len(rig.model.model.layers))
     n_layers = len(rig.model.model.layers)
     gdn_layers = [i for i, t in enumerate(layer_types) if t == "linear_attention"]

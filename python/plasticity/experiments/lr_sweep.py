@@ -16,6 +16,11 @@ QUICK = C.Budget(behaviour="ticket-reply", lrs=[1e-4, 1e-3], steps=3, rank=32, d
 FULL = C.Budget(behaviour="ticket-reply", lrs=[1e-5, 3e-5, 1e-4, 3e-4, 1e-3], steps=120, rank=32,
                 diverse_replay=0.25, extra_replays=[0.75], **C.FULL_EVAL,
                 safe_ppl_rise=0.05)
+# SmolLM2: 1e-3 is left out (perplexity +90% in 3 steps), 30 steps (~17 min a seed on one core).
+REAL = C.Budget(behaviour="ticket-reply", lrs=[1e-5, 3e-5, 1e-4, 3e-4], steps=30, rank=64,
+                diverse_replay=0.25, extra_replays=[0.75], **C.FULL_EVAL,
+                safe_ppl_rise=0.05)
+BUDGETS = C.Budgets(QUICK, FULL, REAL)
 
 TITLE = "learning rate × data diversity: behaviour learned vs forgetting"
 QUESTION = ("Which learning rate works, and is 1e-4 safe only with diverse (25% replay) data, as the seeds "
@@ -23,8 +28,7 @@ QUESTION = ("Which learning rate works, and is 1e-4 safe only with diverse (25% 
 
 
 def run(args) -> dict:
-    b = QUICK if args.quick else FULL
-    rig, log, out = C.start(args, "lr-sweep", b)
+    rig, log, out, b = C.start(args, "lr-sweep", BUDGETS)
     train = rig.behaviour_examples(b.behaviour, "train")
 
     rig.reset()

@@ -35,11 +35,35 @@ def user_cache() -> Path:
 
 
 def resolve_model(arg: str | None, default_name: str) -> Path:
-    d = Path(arg).expanduser() if arg else models_root() / default_name
+    """A model folder from ``--model``: a path, or a model's name (``smollm2-135m-instruct``) looked up
+    in :func:`models_root`, where a model built from a recipe sits in ``NAME-<recipe hash>``."""
+    name = arg or default_name
+    d = Path(name).expanduser()
+    if not (d / "config.json").is_file() and "/" not in name:
+        d = find_named(models_root(), name) or models_root() / name
     if not (d / "config.json").is_file():
-        hint = "" if arg else " (build the local test models with: .venv/bin/python scripts/build_test_models.py)"
+        hint = "" if arg and "/" in arg else " (build the local models with: bash scripts/setup.sh)"
         raise SystemExit(f"plasticity experiment: {d}: not a model folder (no config.json){hint}")
     return d.resolve()
+
+
+def find_named(root: Path, name: str) -> Path | None:
+    """``root/name``, else the newest ``root/name-<hash>`` whose manifest names it (a rebuilt recipe
+    gets a new folder and the old one may still be there)."""
+    if (root / name / "config.json").is_file():
+        return root / name
+    found = [d for d in root.glob(f"{name}-*") if (d / "config.json").is_file() and manifest(d).get("name") == name]
+    return max(found, key=lambda d: (d / "config.json").stat().st_mtime) if found else None
+
+
+def manifest(model_dir: Path) -> dict:
+    """The build manifest beside a locally built model ({} for a model from elsewhere)."""
+    import json
+
+    try:
+        return json.loads((Path(model_dir) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def corpus_paths(model_dir: Path, heldout: str | None = None, replay: str | None = None) -> tuple[Path, Path]:

@@ -14,6 +14,26 @@ def _plt():
     return plt
 
 
+# Which model, model sha and seeds every figure comes from (set by the experiment's start), written
+# under each plot so that a figure copied out of its report still says what it shows.
+_caption = ""
+
+
+def set_caption(text: str) -> None:
+    global _caption
+    _caption = text
+
+
+def _save(plt, fig, path: Path) -> str:
+    if _caption:
+        fig.text(0.0, -0.01, _caption, fontsize=7, ha="left", va="top", color="dimgrey")
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(p, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return p.name
+
+
 def _can_plot() -> bool:
     try:
         import matplotlib  # noqa: F401
@@ -53,11 +73,7 @@ def line_plot(path: Path, series: dict[str, tuple[list, list]], *, title: str, x
         handles, labels = handles + h2, labels + l2
     ax.legend(handles, labels, fontsize=8, loc="best")
     ax.grid(alpha=0.3)
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return p.name
+    return _save(plt, fig, path)
 
 
 def bar_plot(path: Path, groups: list[str], bars: dict[str, list[float]], *, title: str, ylabel: str,
@@ -80,11 +96,7 @@ def bar_plot(path: Path, groups: list[str], bars: dict[str, list[float]], *, tit
     if len(bars) > 1:
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return p.name
+    return _save(plt, fig, path)
 
 
 def heatmap(path: Path, M: list[list[float]], rows: list[str], cols: list[str], *, title: str,
@@ -104,11 +116,7 @@ def heatmap(path: Path, M: list[list[float]], rows: list[str], cols: list[str], 
             bright = x > 0.6 if not cmap.endswith("_r") else x < 0.4
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="black" if bright else "white")
     ax.set_title(title)
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return p.name
+    return _save(plt, fig, path)
 
 
 def panel_bars(path: Path, labels: list[str], metrics: dict[str, list[float]], *, title: str) -> str | None:
@@ -131,8 +139,4 @@ def panel_bars(path: Path, labels: list[str], metrics: dict[str, list[float]], *
             ax.text(i, v, f"{v:.3g}", ha="center", va="bottom", fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return p.name
+    return _save(plt, fig, path)

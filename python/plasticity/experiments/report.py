@@ -78,6 +78,8 @@ def write_outputs(out: Path, result: dict, *, title: str, question: str, columns
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     result.setdefault("plots", [])
+    # what the seed aggregate (seeds.py) needs to lay out the same table over several runs
+    result.update(title=title, question=question, columns=[[c[0], c[1]] for c in columns])
     problems = sanity_problems(result)
     result["sanity_problems"] = problems
     table = _md_table(result["rows"], columns)

@@ -26,6 +26,11 @@ QUICK = C.Budget(behaviour="ticket-reply", n_pairs=4, pair_tokens=1, layer_sets=
 FULL = C.Budget(behaviour="ticket-reply", n_pairs=48, pair_tokens=1, layer_sets=[[1], [2], [1, 2]],
                 scales=[0.1, 0.2, 0.35, 0.5], train_prompts=48, epochs=2, samples_per_heldout=2, max_new_tokens=16,
                 lr=1e-3, rank=32, replay_ratio=0.25, **C.FULL_EVAL)
+# SmolLM2 has 30 layers: candidates in its early, middle and late-middle layers.
+REAL = C.Budget(behaviour="ticket-reply", n_pairs=48, pair_tokens=1, layer_sets=[[6], [10], [15], [20], [8, 10, 12]],
+                scales=[0.25, 0.5, 1.0, 2.0], train_prompts=48, epochs=2, samples_per_heldout=2, max_new_tokens=16,
+                lr=1e-4, rank=64, replay_ratio=0.25, **C.FULL_EVAL)
+BUDGETS = C.Budgets(QUICK, FULL, REAL)
 
 TITLE = "steering vector vs the same behaviour trained into the weights"
 QUESTION = ("Does a steering vector give the behaviour, and when its effect is trained into the weights (the vector "
@@ -111,8 +116,7 @@ def _kl(steered: list[list[float]], other: list[list[float]]) -> float:
 def run(args) -> dict:
     from plasticity.steering import extract as X
 
-    b = QUICK if args.quick else FULL
-    rig, log, out = C.start(args, "steering-vs-training", b)
+    rig, log, out, b = C.start(args, "steering-vs-training", BUDGETS)
     m = rig.model
     train = rig.behaviour_examples(b.behaviour, "train")
     held, ctrl = rig.tests(b.behaviour)
