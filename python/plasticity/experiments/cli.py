@@ -1,4 +1,5 @@
-"""``plasticity experiment NAME [--model DIR] [--quick] [--out DIR] [--seed N]`` and ``plasticity experiment list``."""
+"""``plasticity experiment NAME [--model DIR|NAME] [--quick] [--out DIR] [--seed N | --seeds 0,1,2 [--jobs N]]``
+and ``plasticity experiment list``."""
 
 from __future__ import annotations
 
@@ -16,11 +17,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                    "results.json, table.md and PNG plots in --out. 'list' shows the experiments.")
     p.add_argument("name", choices=["list", *EXPERIMENTS], metavar="NAME",
                    help="list | " + " | ".join(EXPERIMENTS))
-    p.add_argument("--model", default=None, help="model folder (default: the locally built qwen3-tiny; "
-                                                  "gdn-state: qwen3_5-tiny)")
-    p.add_argument("--quick", action="store_true", help="a few training steps: a smoke test of the whole pipeline")
+    p.add_argument("--model", default=None, help="model folder or the name of a locally built model (default: "
+                                                  "smollm2-135m-instruct; --quick: qwen3-tiny; gdn-state: qwen3_5-tiny)")
+    p.add_argument("--quick", action="store_true", help="a few training steps on the tiny model: a smoke test of the "
+                                                         "whole pipeline")
     p.add_argument("--out", default=None, help="output folder (default experiments-out/NAME)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default=None, help="several seeds, e.g. 0,1,2 or 0-2: each in OUT/seed-N (done ones are "
+                                                 "kept), then the mean and spread over them in OUT/report.md")
+    p.add_argument("--jobs", type=int, default=1, help="with --seeds: seeds run side by side (default 1)")
     p.add_argument("--heldout", default=None, help="held-out general text (.jsonl/.txt; default: the local corpus)")
     p.add_argument("--replay", default=None, help="replay text (.jsonl/.txt; default: the local corpus's train.txt)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -30,8 +35,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def namespace(**kw) -> argparse.Namespace:
-    d = dict(name=None, model=None, quick=False, out=None, seed=0, heldout=None, replay=None, threads=1,
-             no_progress=False)
+    d = dict(name=None, model=None, quick=False, out=None, seed=0, seeds=None, jobs=1, heldout=None, replay=None,
+             threads=1, no_progress=False)
     d.update(kw)
     return argparse.Namespace(**d)
 
@@ -49,8 +54,16 @@ def main(args: argparse.Namespace) -> int:
         for n, (_, desc) in EXPERIMENTS.items():
             print(f"{n:<{w}}  {desc}")
         return 0
-    res = run_one(args.name, args)
     out = args.out or f"experiments-out/{args.name}"
+    if getattr(args, "seeds", None):
+        from .seeds import parse_seeds, run_seeds
+
+        summary = run_seeds(args.name, args, parse_seeds(args.seeds), jobs=args.jobs)
+        for seed, answer in summary["answers"].items():
+            print(f"seed {seed}: {answer}")
+        print(f"report over {len(summary['seeds'])} seeds: {out}/report.md")
+        return 0
+    res = run_one(args.name, args)
     print(res["answer"])
     print(f"report: {out}/report.md")
     if res.get("sanity_problems"):
