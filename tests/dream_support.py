@@ -87,6 +87,9 @@ class FakeOpenAI:
         self.calls: list[tuple[str, object]] = []
         self.gen = default_gen
         self.judge_answer = "8"
+        # score = "yes_no": the first token's top logprobs ({token: logprob}, a callable of the
+        # request body, or a whole response body under the key "body")
+        self.judge_top = {"Yes": -0.2, "No": -1.8, "The": -3.0}
         self.delay: dict[str, float] = {}
         self.fail: dict[str, tuple[int, object]] = {}
         self.refuse_decision: str | None = None  # a decision containing this → 413, like the token limit
@@ -222,7 +225,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path
         if path == "/v1/chat/completions":
             last = body["messages"][-1]["content"]
-            kind = "judge" if "Reply with one integer" in last else (
+            kind = "judge" if ("Reply with one integer" in last or "Answer yes or no" in last) else (
                 "scenario" if "notes from memory" in last else "response")
             pk = f"{path}#{kind}"
             if not self._pre(pk) or not self._pre(path):
@@ -230,6 +233,15 @@ class _Handler(BaseHTTPRequestHandler):
             with f.lock:
                 f.n += 1
                 n = f.n
+            if kind == "judge" and body.get("logprobs"):
+                top = f.judge_top(body) if callable(f.judge_top) else f.judge_top
+                if isinstance(top, dict) and "body" in top:
+                    return self._send(200, top["body"])
+                return self._send(200, {"choices": [{"message": {"content": next(iter(top), "")},
+                                                     "logprobs": {"content": [{"token": next(iter(top), ""),
+                                                                               "top_logprobs": [
+                                                         {"token": t, "logprob": lp} for t, lp in top.items()]}]},
+                                                     "finish_reason": "length"}], "usage": {"completion_tokens": 1}})
             if kind == "judge":
                 ans = f.judge_answer(body) if callable(f.judge_answer) else f.judge_answer
                 return self._send(200, {"choices": [{"message": {"content": ans}, "finish_reason": "stop"}],

@@ -88,6 +88,15 @@ class ServerClient:
         except (TypeError, KeyError, IndexError, ValueError):
             raise DreamHTTPError(f"chat completion: unexpected body {str(doc)[:200]}") from None
 
+    def first_token_logprobs(self, messages: list[dict], *, xargs: dict | None = None, k: int = 20,
+                             timeout: float | None = None) -> dict[str, float]:
+        """The top ``k`` candidates for the answer's first token: {token text: logprob} (greedy, one token)."""
+        body = {"model": self.model, "messages": messages, "temperature": 0.0, "max_tokens": 1,
+                "logprobs": True, "top_logprobs": int(k)}
+        if xargs:
+            body["vllm_xargs"] = dict(xargs)
+        return top_logprobs_of(self.call("POST", "/v1/chat/completions", body, timeout=timeout))
+
     def embed(self, texts: list[str]) -> list[list[float]]:
         out = []
         for i in range(0, len(texts), 64):
@@ -127,3 +136,21 @@ class ServerClient:
         if not isinstance(doc, dict):
             raise DreamHTTPError("GET /v1/training/status: not an object")
         return doc
+
+
+def top_logprobs_of(doc) -> dict[str, float]:
+    """{token: logprob} of the first generated token in an OpenAI chat completion with ``top_logprobs``
+    (duplicate token texts keep the larger logprob); DreamHTTPError on any other shape."""
+    try:
+        top = doc["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+        out: dict[str, float] = {}
+        for t in top:
+            tok, lp = t["token"], float(t["logprob"])
+            if not isinstance(tok, str):
+                raise TypeError
+            out[tok] = max(lp, out.get(tok, float("-inf")))
+    except (TypeError, KeyError, IndexError, ValueError):
+        raise DreamHTTPError(f"chat completion: no top_logprobs in {str(doc)[:200]}") from None
+    if not out:
+        raise DreamHTTPError("chat completion: empty top_logprobs")
+    return out

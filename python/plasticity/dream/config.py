@@ -46,6 +46,10 @@ steer_scale = 4.0
 prompt = "..."             # {notes} {scenario} {response}; must ask for a 0-10 score
 max_tokens = 8
 temperature = 0.0
+score = "text"             # "text": read the 0-10 score from the answer; "yes_no": the prompt asks a
+                           # yes/no question and the score is 10 * P(yes) / (P(yes) + P(no)) from the
+                           # first answer token's top logprobs (small models such as SmolLM2-135M
+                           # never answer with a bare number; see docs/dream.md)
 
 [dream.rule]               # judge = "rule"
 min_chars = 20             # scenario and response each
@@ -63,6 +67,7 @@ timeout_s = 30.0
 prompt = "..."             # as [dream.rubric]
 max_tokens = 8
 temperature = 0.0
+score = "text"             # as [dream.rubric]
 ```
 Relative paths are resolved against the config file's folder. Every key is checked
 (type and range); a bad one raises :class:`DreamConfigError` naming it.
@@ -92,7 +97,13 @@ DEFAULT_RUBRIC_PROMPT = (
     "Is this a realistic question with a correct, helpful answer that uses the notes? "
     "Reply with one integer from 0 (useless) to 10 (excellent) and nothing else.")
 
+# score = "yes_no": one yes/no question; the judge reads P(yes) and P(no) of the first answer token.
+DEFAULT_YES_NO_PROMPT = (
+    "Notes:\n{notes}\n\nQuestion: {scenario}\nAnswer: {response}\n\n"
+    "Is the answer correct and helpful? Answer yes or no.")
+
 JUDGES = ("rubric", "rule", "endpoint")
+SCORE_MODES = ("text", "yes_no")
 SCHEDULES = ("continuous", "sleep", "manual")
 EMBEDDINGS = ("server", "hash")
 WINDOW_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
@@ -107,6 +118,7 @@ class RubricConfig:
     prompt: str = DEFAULT_RUBRIC_PROMPT
     max_tokens: int = 8
     temperature: float = 0.0
+    score: str = "text"
 
 
 @dataclass
@@ -128,6 +140,7 @@ class EndpointConfig:
     prompt: str = DEFAULT_RUBRIC_PROMPT
     max_tokens: int = 8
     temperature: float = 0.0
+    score: str = "text"
 
 
 @dataclass
@@ -357,11 +370,12 @@ def from_dict(sec: dict, base: Path | None = None, source: Path | None = None, t
     if cfg.capture and cfg.db is None:
         c.bad("capture", "needs [dream] db (the memory store the conversations go to)")
     r = _Checker(where, _sub(sec, "rubric", where), "dream.rubric")
-    r.unknown(("prompt", "max_tokens", "temperature"))
+    r.unknown(("prompt", "max_tokens", "temperature", "score"))
     judge_fields = ("notes", "scenario", "response")
-    cfg.rubric = RubricConfig(prompt=_template(r, "prompt", DEFAULT_RUBRIC_PROMPT, ("scenario", "response"), judge_fields),
+    mode = r.str("score", "text", choices=SCORE_MODES)
+    cfg.rubric = RubricConfig(prompt=_template(r, "prompt", _rubric_prompt(mode), ("scenario", "response"), judge_fields),
                               max_tokens=r.int("max_tokens", 8, 1, 256),
-                              temperature=r.float("temperature", 0.0, 0.0, 2.0))
+                              temperature=r.float("temperature", 0.0, 0.0, 2.0), score=mode)
     u = _Checker(where, _sub(sec, "rule", where), "dream.rule")
     u.unknown(("min_chars", "max_chars", "must_match", "must_not_match", "max_repeat", "min_overlap"))
     cfg.rule = RuleConfig(min_chars=u.int("min_chars", 20, 0, 10_000_000), max_chars=u.int("max_chars", 4000, 1, 10_000_000),
@@ -371,19 +385,24 @@ def from_dict(sec: dict, base: Path | None = None, source: Path | None = None, t
     if cfg.rule.min_chars > cfg.rule.max_chars:
         u.bad("min_chars", f"({cfg.rule.min_chars}) must not exceed max_chars ({cfg.rule.max_chars})")
     e = _Checker(where, _sub(sec, "endpoint", where), "dream.endpoint")
-    e.unknown(("url", "model", "api_key_env", "timeout_s", "prompt", "max_tokens", "temperature"))
+    e.unknown(("url", "model", "api_key_env", "timeout_s", "prompt", "max_tokens", "temperature", "score"))
+    emode = e.str("score", "text", choices=SCORE_MODES)
     cfg.endpoint = EndpointConfig(url=e.str("url", "", max_len=2000), model=e.str("model", "", max_len=1000),
                                   api_key_env=e.str("api_key_env", "", max_len=200),
                                   timeout_s=e.float("timeout_s", 30.0, 0.0, 3600.0, lo_open=True),
-                                  prompt=_template(e, "prompt", DEFAULT_RUBRIC_PROMPT, ("scenario", "response"), judge_fields),
+                                  prompt=_template(e, "prompt", _rubric_prompt(emode), ("scenario", "response"), judge_fields),
                                   max_tokens=e.int("max_tokens", 8, 1, 256),
-                                  temperature=e.float("temperature", 0.0, 0.0, 2.0))
+                                  temperature=e.float("temperature", 0.0, 0.0, 2.0), score=emode)
     if "endpoint" in cfg.judge:
         if not re.match(r"^https?://[^\s/]+", cfg.endpoint.url):
             e.bad("url", f"must be an http(s) URL when judge includes 'endpoint', got {cfg.endpoint.url!r}")
     if cfg.endpoint.api_key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", cfg.endpoint.api_key_env):
         e.bad("api_key_env", "must be an environment variable name")
     return cfg
+
+
+def _rubric_prompt(mode: str) -> str:
+    return DEFAULT_YES_NO_PROMPT if mode == "yes_no" else DEFAULT_RUBRIC_PROMPT
 
 
 def load(path: str | os.PathLike | None = None) -> DreamConfig:

@@ -5,7 +5,11 @@ answers: a judge that times out, fails or answers garbage gives a verdict with n
 score and a rejection reason, so nothing unjudged can reach the training queue.
 
 - :class:`RubricJudge`: the served model itself answers a rubric prompt with a score
-  0-10 (through the same OpenAI-compatible server, so steering applies too).
+  0-10 (through the same OpenAI-compatible server, so steering applies too). With
+  ``score = "yes_no"`` the prompt asks a yes/no question instead and the score is
+  ``10 * P(yes) / (P(yes) + P(no))`` of the first answer token (:func:`yes_no_score`): a
+  135M model never writes a bare number, but its first-token probabilities still rank
+  answers.
 - :class:`EndpointJudge`: the same rubric sent to any OpenAI-compatible chat endpoint
   (another server, a bigger model), with its own timeout.
 - :class:`RuleJudge`: deterministic rules in the style of the behaviour tests: length
@@ -24,7 +28,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from .client import DreamHTTPError, ServerClient, http_json
+from .client import DreamHTTPError, ServerClient, http_json, top_logprobs_of
 from .config import EndpointConfig, RubricConfig, RuleConfig
 
 MAX_JUDGE_ANSWER = 2000
@@ -84,6 +88,26 @@ def parse_score(text) -> float:
     return v
 
 
+_YES, _NO = frozenset({"yes", "y"}), frozenset({"no", "n"})
+
+
+def yes_no_score(top: dict[str, float]) -> float:
+    """``10 * P(yes) / (P(yes) + P(no))`` from a first token's top logprobs, each answer summed over
+    its spellings ("Yes", " yes", "YES."). :class:`GarbageAnswer` when neither is among them."""
+    p_yes = p_no = 0.0
+    for tok, lp in top.items():
+        if not (isinstance(lp, (int, float)) and math.isfinite(lp) and lp <= 0.0):
+            continue
+        w = tok.strip().strip(".,!:;'\"").lower()
+        if w in _YES:
+            p_yes += math.exp(lp)
+        elif w in _NO:
+            p_no += math.exp(lp)
+    if p_yes + p_no <= 0.0:
+        raise GarbageAnswer(f"neither yes nor no among the first token's candidates {sorted(top)[:10]!r}")
+    return 10.0 * p_yes / (p_yes + p_no)
+
+
 def render(template: str, item: Item) -> str:
     """Fill ``{notes}``, ``{scenario}``, ``{response}`` in one pass (text containing braces is safe)."""
     notes = format_notes(item.notes)
@@ -100,20 +124,29 @@ def _http_reason(e: DreamHTTPError) -> str:
 
 
 class _ChatRubric(Judge):
-    def __init__(self, prompt: str, max_tokens: int, temperature: float):
-        self.prompt, self.max_tokens, self.temperature = prompt, max_tokens, temperature
+    def __init__(self, prompt: str, max_tokens: int, temperature: float, score: str = "text"):
+        self.prompt, self.max_tokens, self.temperature, self.score = prompt, max_tokens, temperature, score
 
     def _ask(self, text: str) -> str:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def _ask_first_token(self, text: str) -> dict[str, float]:  # pragma: no cover - interface
+        raise NotImplementedError
+
     def judge(self, item: Item) -> Verdict:
         try:
-            answer = self._ask(render(self.prompt, item))
+            if self.score == "yes_no":
+                answer = self._ask_first_token(render(self.prompt, item))
+            else:
+                answer = self._ask(render(self.prompt, item))
         except DreamHTTPError as e:
             return Verdict(None, _http_reason(e), str(e)[:500])
         except Exception as e:  # noqa: BLE001 - a judge never crashes the loop
             return Verdict(None, "judge_error", f"{type(e).__name__}: {e}"[:500])
         try:
+            if self.score == "yes_no":
+                best = sorted(answer.items(), key=lambda kv: -kv[1])[:5]
+                return Verdict(yes_no_score(answer), "", ", ".join(f"{t!r} {lp:.2f}" for t, lp in best)[:200])
             return Verdict(parse_score(answer), "", answer[:200])
         except GarbageAnswer as e:
             return Verdict(None, "judge_garbage", f"{e}; answer {str(answer)[:200]!r}")
@@ -125,13 +158,16 @@ class RubricJudge(_ChatRubric):
     name = "rubric"
 
     def __init__(self, client: ServerClient, cfg: RubricConfig, xargs: dict | None = None):
-        super().__init__(cfg.prompt, cfg.max_tokens, cfg.temperature)
+        super().__init__(cfg.prompt, cfg.max_tokens, cfg.temperature, cfg.score)
         self.client, self.xargs = client, xargs
 
     def _ask(self, text: str) -> str:
         out, _, _ = self.client.chat([{"role": "user", "content": text}], temperature=self.temperature,
                                      max_tokens=self.max_tokens, xargs=self.xargs)
         return out
+
+    def _ask_first_token(self, text: str) -> dict[str, float]:
+        return self.client.first_token_logprobs([{"role": "user", "content": text}], xargs=self.xargs)
 
 
 class EndpointJudge(_ChatRubric):
@@ -140,7 +176,7 @@ class EndpointJudge(_ChatRubric):
     name = "endpoint"
 
     def __init__(self, cfg: EndpointConfig):
-        super().__init__(cfg.prompt, cfg.max_tokens, cfg.temperature)
+        super().__init__(cfg.prompt, cfg.max_tokens, cfg.temperature, cfg.score)
         base = cfg.url.rstrip("/")
         self.url = base if base.endswith("/chat/completions") else base + "/chat/completions"
         self.base = base[: -len("/chat/completions")] if base.endswith("/chat/completions") else base
@@ -148,13 +184,23 @@ class EndpointJudge(_ChatRubric):
         self.timeout = cfg.timeout_s
         self.key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
 
-    def _ask(self, text: str) -> str:
+    def _ask_first_token(self, text: str) -> dict[str, float]:
+        self._model()
+        _, doc = http_json(self.url, "POST", {"model": self.model, "messages": [{"role": "user", "content": text}],
+                                              "temperature": 0.0, "max_tokens": 1, "logprobs": True,
+                                              "top_logprobs": 20}, key=self.key, timeout=self.timeout)
+        return top_logprobs_of(doc)
+
+    def _model(self) -> None:
         if self.model is None:
             _, doc = http_json(self.base + "/models", key=self.key, timeout=self.timeout)
             try:
                 self.model = str(doc["data"][0]["id"])
             except (TypeError, KeyError, IndexError):
                 raise DreamHTTPError("judge endpoint: /models has no model; set [dream.endpoint] model")
+
+    def _ask(self, text: str) -> str:
+        self._model()
         _, doc = http_json(self.url, "POST", {"model": self.model, "messages": [{"role": "user", "content": text}],
                                               "temperature": self.temperature, "max_tokens": self.max_tokens},
                            key=self.key, timeout=self.timeout)
