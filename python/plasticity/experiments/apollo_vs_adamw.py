@@ -32,7 +32,7 @@ FULL = C.Budget(behaviour="ticket-reply", steps=120, lr=1e-3, replay_ratio=0.25,
 REAL = C.Budget(behaviour="ticket-reply", steps=60, lr=1e-4, replay_ratio=0.25,
                 variants=[("Apollo r32", 32, "channel", True), ("Apollo r128", 128, "channel", True),
                           ("Apollo-Mini", 1, "tensor", True), ("AdamW", 32, "channel", False)],
-                **C.FULL_EVAL)
+                **C.REAL_EVAL)
 BUDGETS = C.Budgets(QUICK, FULL, REAL)
 
 TITLE = "Apollo vs Apollo-Mini vs AdamW"
@@ -70,14 +70,16 @@ def run(args) -> dict:
 
     def desc(r):
         return (f"{r['optimizer']}: loss {r['loss_last']:.2f}, behaviour {r['heldout_pass']:.0%} (controls "
-                f"{r['control_pass']:.0%}), ppl {C.pct(r['ppl_change'])}, state {r['optimizer_state_bytes'] / 2**20:.2f} MB")
+                f"{r['control_pass']:.0%}), ppl {C.pct(r['ppl_change'])}{C.general_text(base, r)}, "
+                f"state {r['optimizer_state_bytes'] / 2**20:.2f} MB")
 
     ap = [r for r in rows if r is not ad]
-    least = min(rows, key=lambda r: r["ppl_change"])
+    # general questions lost first (perplexity of the replay corpus can fall while knowledge goes)
+    least = min(rows, key=lambda r: (C.general_lost(base, r), r["ppl_change"]))
     answer = (f"After {b.steps} steps at lr {b.lr:g} — " + "; ".join(desc(r) for r in rows)
               + ". Apollo's state is " + ", ".join(f"{r['state_vs_adamw']:.1%} ({r['optimizer']})" for r in ap)
               + f" of AdamW's; least "
-              f"forgetting: {least['optimizer']} ({C.pct(least['ppl_change'])}).")
+              f"forgetting: {least['optimizer']} ({C.pct(least['ppl_change'])}{C.general_text(base, least)}).")
     plots = [p for p in [
         C.line_plot(out / "optim_loss.png", {n: (list(range(1, len(l) + 1)), l) for n, l in losses.items()},
                     title=f"training loss (batch mean), lr {b.lr:g}", xlabel="step", ylabel="loss"),
@@ -98,6 +100,7 @@ def run(args) -> dict:
             ("loss_first", "loss first", lambda v: f"{v:.3f}"), ("loss_last", "loss last", lambda v: f"{v:.3f}"),
             ("heldout_pass", "held-out pass", lambda v: f"{v:.2f}"), ("control_pass", "controls pass", lambda v: f"{v:.2f}"),
             ("decision_nll", "reply NLL", lambda v: f"{v:.3f}"), ("ppl_change", "Δ ppl", C.pct),
+            ("general_pass", "general Qs", lambda v: f"{v:.2f}"),
             ("optimizer_state_bytes", "state MB", lambda v: f"{v / 2**20:.2f}"),
             ("state_vs_adamw", "state / AdamW", lambda v: f"{v:.1%}"),
             ("seconds_per_step", "s/step", lambda v: f"{v:.3f}")]

@@ -19,7 +19,7 @@ FULL = C.Budget(tasks=["ticket-reply", "format-rule", "refusal"], steps=120, lr=
                 **C.FULL_EVAL)
 # SmolLM2 learns each reply within ~10 steps at lr 1e-4: 30 steps a behaviour (~17 min a seed).
 REAL = C.Budget(tasks=["ticket-reply", "format-rule", "refusal"], steps=30, lr=1e-4, rank=64, replays=[0.25, 0.75],
-                **C.FULL_EVAL)
+                **C.REAL_EVAL)
 BUDGETS = C.Budgets(QUICK, FULL, REAL)
 
 TITLE = "backward transfer across behaviours and general text"
@@ -37,27 +37,30 @@ def run(args) -> dict:
     def measure(label):
         s = {t: rig.scores(b, t, ppl=False) for t in tasks}
         p = rig.ppl()
-        log(f"{label}: " + ", ".join(f"{t} {s[t]['heldout_pass']:.2f}" for t in tasks) + f", ppl {p:.2f}")
-        return s, p
+        g = rig.general(b.max_general)["general_pass"]
+        log(f"{label}: " + ", ".join(f"{t} {s[t]['heldout_pass']:.2f}" for t in tasks) + f", ppl {p:.2f}, general {g:.2f}")
+        return s, (p, g)
 
     rig.reset()
-    base, ppl0 = measure("before any session")
+    base, (ppl0, gen0) = measure("before any session")
     bl = [base[t]["heldout_pass"] for t in tasks]
     bln = [base[t]["decision_nll"] for t in tasks]
     rows = [dict(replay="-", session="before", trained=None, **{f"{t}_pass": base[t]["heldout_pass"] for t in tasks},
                  **{f"{t}_nll": base[t]["decision_nll"] for t in tasks},
-                 **{f"{t}_control_pass": base[t]["control_pass"] for t in tasks}, ppl=ppl0, ppl_change=0.0)]
+                 **{f"{t}_control_pass": base[t]["control_pass"] for t in tasks}, ppl=ppl0, ppl_change=0.0,
+                 general_pass=gen0)]
     conds, plots = {}, []
     for rr in b.replays:
         tag = f"{rr:.0%} replay"
         rig.reset()
         tr = rig.trainer(lr=b.lr, rank=b.rank, replay_ratio=rr)
-        after, ppls, trains = [], [ppl0], []
+        after, ppls, gens, trains = [], [ppl0], [gen0], []
         for i, t in enumerate(tasks):
             trains.append(rig.teach(tr, data[t], b.steps, label=f"{tag}: session {i + 1}/{len(tasks)} {t}"))
-            s, p = measure(f"{tag}: after session {i + 1} ({t})")
+            s, (p, g) = measure(f"{tag}: after session {i + 1} ({t})")
             after.append(s)
             ppls.append(p)
+            gens.append(g)
         R = [[after[i][t]["heldout_pass"] for t in tasks] for i in range(len(tasks))]
         Rn = [[after[i][t]["decision_nll"] for t in tasks] for i in range(len(tasks))]
         Rc = [[after[i][t]["control_pass"] for t in tasks] for i in range(len(tasks))]
@@ -68,10 +71,10 @@ def run(args) -> dict:
                              **{f"{u}_pass": R[i][j] for j, u in enumerate(tasks)},
                              **{f"{u}_nll": Rn[i][j] for j, u in enumerate(tasks)},
                              **{f"{u}_control_pass": Rc[i][j] for j, u in enumerate(tasks)},
-                             ppl=ppls[i + 1], ppl_change=C.relative_change(ppl0, ppls[i + 1]),
+                             ppl=ppls[i + 1], ppl_change=C.relative_change(ppl0, ppls[i + 1]), general_pass=gens[i + 1],
                              seconds=trains[i]["wall_seconds"]))
         conds[tag] = {"replay_ratio": rr, "R_pass": R, "R_reply_nll": Rn, "R_control_pass": Rc,
-                      "continual_pass_rate": cm, "continual_reply_nll": cmn, "heldout_ppl": ppls,
+                      "continual_pass_rate": cm, "continual_reply_nll": cmn, "heldout_ppl": ppls, "general_pass": gens,
                       "train": [{k: v for k, v in t.items() if k != "losses"} for t in trains]}
         sfx = f"{round(rr * 100)}"
         plots += [p for p in [
@@ -123,7 +126,8 @@ def run(args) -> dict:
     cols += [(f"{t}_pass", f"{t} pass", lambda v: f"{v:.2f}") for t in tasks]
     cols += [(f"{t}_nll", f"{t} NLL", lambda v: f"{v:.2f}") for t in tasks]
     cols += [(f"{t}_control_pass", f"{t} controls", lambda v: f"{v:.2f}") for t in tasks]
-    cols += [("ppl", "held-out ppl", lambda v: f"{v:.2f}"), ("ppl_change", "Δ ppl vs before", C.pct)]
+    cols += [("ppl", "held-out ppl", lambda v: f"{v:.2f}"), ("ppl_change", "Δ ppl vs before", C.pct),
+             ("general_pass", "general Qs", lambda v: f"{v:.2f}")]
     keys = ("overall_performance", "learning_accuracy", "backward_transfer", "forward_transfer", "forgetting",
             "worst_forgetting")
     extra = "\n| metric | " + " | ".join(f"pass rates, {t} | reply NLL, {t}" for t in conds) + " |\n|---|" + \

@@ -139,12 +139,38 @@ def model_identity(model_dir: Path) -> dict:
 
 # How much each measurement reads: the quick (CI) variants a few tests and 512 held-out tokens, the
 # full runs every test and 4096 tokens. An experiment spreads one of these into its Budget.
-QUICK_EVAL = dict(heldout_tokens=512, max_tests=4, max_controls=2, max_nll=4)
-FULL_EVAL = dict(heldout_tokens=4096, max_tests=None, max_controls=None, max_nll=None)
+QUICK_EVAL = dict(heldout_tokens=512, max_tests=4, max_controls=2, max_nll=4, max_general=2)
+FULL_EVAL = dict(heldout_tokens=4096, max_tests=None, max_controls=None, max_nll=None, max_general=None)
+# SmolLM2 (~45 s an evaluation on one core): 8 of the 16 held-out tests. The general questions are
+# its forgetting measure: its held-out perplexity is of the same Python-source corpus that replay
+# comes from, so replay lowers it whatever the training does to the model's other knowledge.
+REAL_EVAL = dict(heldout_tokens=4096, max_tests=8, max_controls=None, max_nll=None, max_general=None)
+# Ten questions SmolLM2-135M-Instruct answers correctly within 12 tokens (the tiny models none).
+GENERAL_TESTS = Path(__file__).resolve().parents[1] / "eval" / "data" / "general" / "tests.jsonl"
 
 
 def relative_change(before: float, after: float) -> float:
     return (after - before) / before
+
+
+def general_lost(base: dict, m: dict) -> int:
+    """How many more general questions fail now than at the base (0 when not measured)."""
+    if base.get("general_pass") is None or m.get("general_pass") is None:
+        return 0
+    return max(0, round((base["general_pass"] - m["general_pass"]) * base.get("general_n", 0)))
+
+
+def general_text(base: dict, m: dict) -> str:
+    """", general questions 9/10" for a model that answers some of them at the base, else ""."""
+    if not base.get("general_pass") or m.get("general_pass") is None:
+        return ""
+    return f", general questions {round(m['general_pass'] * m['general_n'])}/{m['general_n']}"
+
+
+def safe(base: dict, m: dict, max_ppl_rise: float) -> bool:
+    """Forgetting within bounds: held-out perplexity rose less than ``max_ppl_rise`` and no general
+    question the base answered is lost."""
+    return relative_change(base["ppl"], m["ppl"]) < max_ppl_rise and general_lost(base, m) == 0
 
 
 def pct(x: float | None, digits: int = 1) -> str:
@@ -334,7 +360,17 @@ class Rig:
                              max_nll=budget.max_nll)
         if ppl:
             out["ppl"] = self.ppl()
+            out.update(self.general(getattr(budget, "max_general", None)))
         return out
+
+    def general(self, limit: int | None = None) -> dict:
+        """Pass rate on the shipped general questions (greedy), a forgetting measure that replay text
+        cannot game."""
+        from plasticity.eval.behaviour import load_tests, run_tests
+
+        tests = load_tests(GENERAL_TESTS)[:limit]
+        r = run_tests(self.generator(), tests, on_error="raise")
+        return {"general_pass": r["pass_rate"], "general_n": r["n"]}
 
     def decision_nll(self, examples: list[Example]) -> float:
         """Mean per-token NLL (nats) of the decisions given their contexts, teacher-forced, no gradient."""

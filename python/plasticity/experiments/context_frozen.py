@@ -19,7 +19,7 @@ QUICK = C.Budget(behaviour="ticket-reply", history_tokens=48, steps=3, lr=1e-3, 
 FULL = C.Budget(behaviour="ticket-reply", history_tokens=384, steps=100, lr=1e-3, rank=32, replay_ratio=0.25,
                 **C.FULL_EVAL)
 REAL = C.Budget(behaviour="ticket-reply", history_tokens=384, steps=40, lr=1e-4, rank=64, replay_ratio=0.25,
-                **C.FULL_EVAL)
+                **C.REAL_EVAL)
 BUDGETS = C.Budgets(QUICK, FULL, REAL)
 
 TITLE = "context-frozen vs full backprop"
@@ -61,7 +61,7 @@ def run(args) -> dict:
 
     def measure():
         m = rig.scores(b, ppl=False)
-        return dict(m, nll_with_history=rig.decision_nll(held_hist), ppl=rig.ppl())
+        return dict(m, nll_with_history=rig.decision_nll(held_hist), ppl=rig.ppl(), **rig.general(b.max_general))
 
     rig.reset()
     base = measure()
@@ -120,6 +120,7 @@ def run(args) -> dict:
             ("control_pass", "controls pass", lambda v: f"{v:.2f}"), ("decision_nll", "reply NLL", lambda v: f"{v:.3f}"),
             ("nll_with_history", "reply NLL (with history)", lambda v: f"{v:.3f}"),
             ("ppl", "held-out ppl", lambda v: f"{v:.2f}"), ("ppl_change", "Δ ppl", C.pct),
+            ("general_pass", "general Qs", lambda v: f"{v:.2f}"),
             ("seconds_per_step", "s/step", lambda v: f"{v:.3f}"),
             ("decision_tokens_per_s", "decision tok/s", lambda v: f"{v:.0f}"),
             ("activation_mb", "activations MB/step", lambda v: f"{v:.1f}"),

@@ -25,7 +25,7 @@ FULL = C.Budget(behaviour="ticket-reply", ns=[5, 10, 25, 50, 100], min_steps=120
 # SmolLM2: lr 1e-4 (1e-3 wrecks it), 30 steps for the repeated schedule (it fits 5 examples in ~10),
 # no 75%-replay schedules (a step with 3 replay chunks costs 2.7 s on one core): ~14 min a seed.
 REAL = C.Budget(behaviour="ticket-reply", ns=[2, 5, 10, 25, 100], min_steps=30, lr=1e-4, rank=64,
-                schedules=[["repeated", 0.25], ["one pass", 0.25]], **C.FULL_EVAL)
+                schedules=[["repeated", 0.25], ["one pass", 0.25]], **C.REAL_EVAL)
 BUDGETS = C.Budgets(QUICK, FULL, REAL)
 
 TITLE = "behavioural change vs number of examples"
@@ -69,6 +69,8 @@ def run(args) -> dict:
         first_full = next((r["n"] for r in tr_ if r["heldout_pass"] >= 0.99), None)
         curve = ", ".join(f"{r['n']}: {r['heldout_pass']:.0%}" for r in tr_)
         ppls = ", ".join(f"{C.pct(r['ppl_change'])}" for r in tr_)
+        if base.get("general_pass"):
+            ppls += "; general questions " + ", ".join(f"{r['general_pass']:.0%}" for r in tr_)
         if first_half is not None:
             head = (f"≥50% of held-out prompts from N={first_half}"
                     + (f" (100% from N={first_full})" if first_full is not None else ""))
@@ -119,7 +121,7 @@ def run(args) -> dict:
     cols = [("schedule", "schedule"), ("n", "N examples"), ("steps", "steps"), ("heldout_pass", "held-out pass", _rate),
             ("control_pass", "controls pass", _rate), ("decision_nll", "reply NLL", lambda v: f"{v:.3f}"),
             ("ppl", "held-out ppl", lambda v: f"{v:.2f}"), ("ppl_change", "Δ ppl", C.pct),
-            ("seconds", "train s", lambda v: f"{v:.0f}")]
+            ("general_pass", "general Qs", lambda v: f"{v:.2f}"), ("seconds", "train s", lambda v: f"{v:.0f}")]
     notes = [f"The {b.behaviour} training set has {len(train)} distinct examples, so N stops there.",
              "Pass rates are greedy generations checked by the shipped tests; controls must NOT show the behaviour.",
              "Held-out perplexity: core.heldout_perplexity, as the server (documents joined, 128-token windows)."]

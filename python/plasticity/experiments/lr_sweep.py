@@ -18,7 +18,7 @@ FULL = C.Budget(behaviour="ticket-reply", lrs=[1e-5, 3e-5, 1e-4, 3e-4, 1e-3], st
                 safe_ppl_rise=0.05)
 # SmolLM2: 1e-3 is left out (perplexity +90% in 3 steps), 30 steps (~17 min a seed on one core).
 REAL = C.Budget(behaviour="ticket-reply", lrs=[1e-5, 3e-5, 1e-4, 3e-4], steps=30, rank=64,
-                diverse_replay=0.25, extra_replays=[0.75], **C.FULL_EVAL,
+                diverse_replay=0.25, extra_replays=[0.75], **C.REAL_EVAL,
                 safe_ppl_rise=0.05)
 BUDGETS = C.Budgets(QUICK, FULL, REAL)
 
@@ -45,7 +45,7 @@ def run(args) -> dict:
         m = rig.scores(b)
         ch = C.relative_change(base["ppl"], m["ppl"])
         rows.append(dict(lr=lr, data=data, replay_ratio=rr, steps=b.steps, **m, ppl_change=ch,
-                         safe=ch < b.safe_ppl_rise, learned=m["heldout_pass"] >= 0.5,
+                         safe=C.safe(base, m, b.safe_ppl_rise), learned=m["heldout_pass"] >= 0.5,
                          nll_change=m["decision_nll"] - base["decision_nll"], loss_last=t["loss_last"],
                          replay_chunks=t["replay_chunks"], seconds=t["wall_seconds"]))
         log(f"run {i + 1}/{len(runs)} lr {lr:g} {data}: held-out pass {m['heldout_pass']:.2f}, controls "
@@ -60,13 +60,14 @@ def run(args) -> dict:
     n, d = row(key, "narrow"), row(key, "diverse")
 
     def desc(r):
-        return (f"ppl {C.pct(r['ppl_change'])}, behaviour {r['heldout_pass']:.0%} held-out "
+        return (f"ppl {C.pct(r['ppl_change'])}{C.general_text(base, r)}, behaviour {r['heldout_pass']:.0%} held-out "
                 f"(controls {r['control_pass']:.0%}), reply NLL {r['decision_nll']:.2f}")
 
     prediction_holds = (not n["safe"]) and d["safe"]
     verdict = ("consistent with the seeds' prediction (narrow unsafe, diverse safe)" if prediction_holds else
                f"not what the seeds predict: narrow is {'safe' if n['safe'] else 'unsafe'} and diverse is "
-               f"{'safe' if d['safe'] else 'unsafe'} (safe = perplexity rise < {b.safe_ppl_rise:.0%})")
+               f"{'safe' if d['safe'] else 'unsafe'} (safe = perplexity rise < {b.safe_ppl_rise:.0%}"
+               + (" and no general question lost)" if base.get("general_pass") else ")"))
     best = []
     for data in conds:
         ok = [r for r in rows if r["data"] == data and r["learned"] and r["safe"]]
@@ -108,7 +109,7 @@ def run(args) -> dict:
     cols = [("lr", "lr", lambda v: f"{v:g}"), ("data", "data"), ("heldout_pass", "held-out pass", lambda v: f"{v:.2f}"),
             ("control_pass", "controls pass", lambda v: f"{v:.2f}"), ("decision_nll", "reply NLL", lambda v: f"{v:.3f}"),
             ("ppl", "held-out ppl", lambda v: f"{v:.2f}"), ("ppl_change", "Δ ppl", C.pct),
-            ("safe", f"safe (<{b.safe_ppl_rise:.0%})"), ("seconds", "train s", lambda v: f"{v:.0f}")]
+            ("general_pass", "general Qs", lambda v: f"{v:.2f}"), ("safe", f"safe (<{b.safe_ppl_rise:.0%})"), ("seconds", "train s", lambda v: f"{v:.0f}")]
     notes = [f"Baseline: held-out pass {base['heldout_pass']:.2f}, controls {base['control_pass']:.2f}, reply NLL "
              f"{base['decision_nll']:.3f}, ppl {base['ppl']:.2f}.",
              "All runs see the same behavioural examples in the same order (one per step); replay adds 128-token "

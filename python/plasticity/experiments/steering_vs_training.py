@@ -29,7 +29,7 @@ FULL = C.Budget(behaviour="ticket-reply", n_pairs=48, pair_tokens=1, layer_sets=
 # SmolLM2 has 30 layers: candidates in its early, middle and late-middle layers.
 REAL = C.Budget(behaviour="ticket-reply", n_pairs=48, pair_tokens=1, layer_sets=[[6], [10], [15], [20], [8, 10, 12]],
                 scales=[0.25, 0.5, 1.0, 2.0], train_prompts=48, epochs=2, samples_per_heldout=2, max_new_tokens=16,
-                lr=1e-4, rank=64, replay_ratio=0.25, **C.FULL_EVAL)
+                lr=1e-4, rank=64, replay_ratio=0.25, **C.REAL_EVAL)
 BUDGETS = C.Budgets(QUICK, FULL, REAL)
 
 TITLE = "steering vector vs the same behaviour trained into the weights"
@@ -205,7 +205,7 @@ def run(args) -> dict:
     for name, r, ag, kl in (("base, no vector", base, ag_b, kl_before), ("base + steering vector", steered, None, 0.0),
                             ("trained in, no vector", trained, ag_t, kl_after)):
         rows.append(dict(model=name, heldout_pass=r["heldout_pass"], control_pass=r["control_pass"],
-                         decision_nll=r["decision_nll"], ppl=r["ppl"],
+                         decision_nll=r["decision_nll"], ppl=r["ppl"], general_pass=r.get("general_pass"),
                          ppl_change=C.relative_change(base["ppl"], r["ppl"]),
                          kl_from_steered=kl, token_agreement=None if ag is None else ag[0],
                          exact_agreement=None if ag is None else ag[1], first_token_agreement=None if ag is None else ag[2]))
@@ -249,7 +249,7 @@ def run(args) -> dict:
     p2 = lambda v: f"{v:.2f}"  # noqa: E731
     cols = [("model", "model"), ("heldout_pass", "held-out pass", p2), ("control_pass", "controls pass", p2),
             ("decision_nll", "reply NLL", lambda v: f"{v:.3f}"), ("ppl", "held-out ppl", p2),
-            ("ppl_change", "Δ ppl", C.pct), ("kl_from_steered", "KL(steered‖model)", lambda v: f"{v:.3f}"),
+            ("ppl_change", "Δ ppl", C.pct), ("general_pass", "general Qs", p2), ("kl_from_steered", "KL(steered‖model)", lambda v: f"{v:.3f}"),
             ("token_agreement", "greedy token agreement", p2), ("exact_agreement", "exact replies", p2),
             ("first_token_agreement", "first token", p2)]
     cand_md = "\n| layers | scale | train reply NLL (steered) |\n|---|---|---|\n" + "".join(
