@@ -83,6 +83,8 @@ def test_rows_are_aggregated_per_position_over_the_seeds(tmp_path):
     assert S.cell("heldout_pass", hp) == "50% [25, 75]"
     assert S.cell("ppl_change", row["ppl_change"]) == "+20.0% [+10.0, +30.0]"
     assert S.cell("winner", row["winner"]) == "a / a / b"
+    assert S.cell("optimizer_state_bytes", 3 * 2**20) == "3.00 MB"
+    assert S.cell("state_bytes", {"mean": 2**20, "min": 0, "max": 2**21}) == "1.00 MB [0.00, 2.00]"
     summary = S.write_summary(tmp_path, res, ["seed-0", "seed-1", "seed-2"])
     assert summary["seeds"] == [0, 1, 2] and summary["model_sha256"] == "ab" * 32
     table = (tmp_path / "table.md").read_text()

@@ -117,7 +117,14 @@ def aggregate_rows(results: list[dict]) -> list[dict]:
 
 
 def cell(key: str, v) -> str:
-    """A table cell: ``mean [min, max]`` for numbers (rates in %), the value or ``a / b / c`` otherwise."""
+    """A table cell: ``mean [min, max]`` for numbers (rates in %, bytes in MB), the value or ``a / b / c``
+    otherwise."""
+    if key.endswith("_bytes"):
+        mb = lambda x: f"{x / 2**20:.2f} MB"  # noqa: E731
+        if isinstance(v, dict) and "mean" in v:
+            return f"{mb(v['mean'])} [{v['min'] / 2**20:.2f}, {v['max'] / 2**20:.2f}]"
+        if _numeric(v):
+            return mb(v)
     if isinstance(v, dict) and "mean" in v:
         if key.endswith(RATE_SUFFIXES):
             f = lambda x: f"{100 * x:.0f}"  # noqa: E731
