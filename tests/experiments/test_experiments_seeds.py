@@ -91,6 +91,9 @@ def test_rows_are_aggregated_per_position_over_the_seeds(tmp_path):
     assert "50% [25, 75]" in table and "a / a / b" in table
     report = (tmp_path / "report.md").read_text()
     assert "over 3 seeds" in report and all(r["answer"] in report for r in res)
+    # the figure: mean and min-max per row, captioned with the model's sha and the number of seeds
+    assert summary["plots"] == ["seeds.png"] and "![seeds.png](seeds.png)" in report
+    assert (tmp_path / "seeds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "summary.json").read_text())["rows"][0]["heldout_pass"]["values"] == [0.25, 0.75, 0.5]
 
 

@@ -140,3 +140,28 @@ def panel_bars(path: Path, labels: list[str], metrics: dict[str, list[float]], *
     fig.suptitle(title)
     fig.tight_layout()
     return _save(plt, fig, path)
+
+
+def seed_bars(path: Path, labels: list[str], metrics: dict[str, list[tuple[float, float, float]]], *,
+              title: str) -> str | None:
+    """One small bar chart per metric, one bar per row: the mean over seeds with a min-max bar."""
+    if not _can_plot():
+        return None
+    plt = _plt()
+    k = len(metrics)
+    fig, axes = plt.subplots(1, k, figsize=(max(6.0, 2.6 * k), 3.6), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (name, vals) in zip(axes[0], metrics.items()):
+        means = [v[0] for v in vals]
+        err = [[v[0] - v[1] for v in vals], [v[2] - v[0] for v in vals]]
+        ax.bar(range(len(labels)), means, yerr=err, capsize=3,
+               color=[colors[i % len(colors)] for i in range(len(labels))])
+        ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=7)
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+        ax.axhline(0, color="black", lw=0.6)
+        if "pass" in name or "questions" in name:
+            ax.set_ylim(0, 1.08)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(plt, fig, path)

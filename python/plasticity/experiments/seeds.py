@@ -164,6 +164,8 @@ def write_summary(out: Path, results: list[dict], folders: list[str]) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text("\n".join(table) + "\n", encoding="utf-8")
+    plot = seeds_plot(out, first["experiment"], rows, cols, ident=setup, n_seeds=len(results))
+    summary["plots"] = [plot] if plot else []
     md = [f"# Experiment `{first['experiment']}` over {len(results)} seeds: {first.get('title', '')}", "",
           f"**Question.** {first.get('question', '')}", "",
           f"**Model.** {ident}; seeds {', '.join(map(str, seeds))}; full budget `{json.dumps(first.get('budget'))}`.", "",
@@ -171,7 +173,45 @@ def write_summary(out: Path, results: list[dict], folders: list[str]) -> dict:
     md += [f"- seed {s}: {r['answer']} ([report]({f}/report.md), {r.get('seconds', 0):.0f} s)"
            for s, r, f in zip(seeds, results, folders)]
     md += ["", f"## Results: mean [min, max] over {len(results)} seeds", "", *table, "",
-           "A cell with one number was the same for every seed. Plots: in each seed's folder (one seed each).", ""]
+           "A cell with one number was the same for every seed. Each seed's own plots are in its folder.", ""]
+    md += [f"![{p}]({p})" for p in summary["plots"]] + [""]
     (out / "report.md").write_text("\n".join(md), encoding="utf-8")
     write_json(out / "summary.json", summary)
     return summary
+
+
+# What the seed figure shows, where a row has it: behaviour, over-generalisation, forgetting.
+PLOTTED = {"heldout_pass": "held-out pass", "control_pass": "controls pass", "general_pass": "general questions",
+           "ppl_change": "held-out ppl change (×100 %)"}
+
+
+def seeds_plot(out: Path, experiment: str, rows: list[dict], cols: list, *, ident: dict, n_seeds: int) -> str | None:
+    """``seeds.png``: each plotted metric's mean per row with its min-max bar, captioned with the model,
+    its sha and the number of seeds."""
+    from .plots import seed_bars, set_caption
+
+    keys = [k for k in PLOTTED if any(isinstance(r.get(k), (int, float, dict)) and r.get(k) is not None
+                                      and not isinstance(r.get(k), bool) for r in rows)]
+    if not keys:
+        return None
+
+    def spread(v):
+        if isinstance(v, dict) and "mean" in v:
+            return (v["mean"], v["min"], v["max"])
+        return (float(v), float(v), float(v)) if _numeric(v) else (0.0, 0.0, 0.0)
+
+    # a row's label: its settings from the left (lr, data; schedule, N) until every label is unique
+    settings = [k for k, _ in cols if k not in PLOTTED and not any(isinstance(r.get(k), dict) for r in rows)]
+    labels = [""] * len(rows)
+    for k in settings[:3]:
+        labels = [f"{lab} {fmt(r.get(k))}".strip() if r.get(k) is not None else lab for lab, r in zip(labels, rows)]
+        if len(set(labels)) == len(labels):
+            break
+    labels = [lab[:40] for lab in labels]
+    set_caption(f"{ident.get('model_name')}, model.safetensors sha256 {str(ident.get('model_sha256'))[:12]}, "
+                f"{n_seeds} seeds: bars are the mean, whiskers min-max")
+    try:
+        return seed_bars(out / "seeds.png", labels, {PLOTTED[k]: [spread(r.get(k)) for r in rows] for k in keys},
+                         title=f"{experiment}: {n_seeds} seeds")
+    finally:
+        set_caption("")
