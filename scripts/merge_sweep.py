@@ -30,7 +30,6 @@ docs/task-vectors.md ("Merging behaviours on the tiny model").
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import random
@@ -140,9 +139,9 @@ def run(cfg: dict) -> dict:
         # A's replay stream); the seed also picks the replay windows, so equal seeds replay the same text
         off = cfg.get("b_seed", 1) if name == B else cfg.get("null_seed", 0) if name == "null" else 0
         seed = {"seed": cfg["seeds"] * 10 + off} if cfg.get("seeds") else {}
-        tr = rig.trainer(lr=cfg["lr"], rank=cfg.get("rank", 32), replay_ratio=cfg.get("replay", 0.75), **seed)
-        with C.loss_function(core.full_loss) if cfg.get("full") else contextlib.nullcontext():
-            rig.teach(tr, ex, cfg["steps"], per_step=cfg.get("per_step", 1))
+        tr = rig.trainer(lr=cfg["lr"], rank=cfg.get("rank", 32), replay_ratio=cfg.get("replay", 0.75),
+                         item_loss=core.full_loss if cfg.get("full") else None, **seed)
+        rig.teach(tr, ex, cfg["steps"], per_step=cfg.get("per_step", 1))
         rig.release()
         return {n: p.detach().double() - rig._base[n].double() for n, p in rig.params.items()}
 

@@ -23,7 +23,6 @@ Measurements:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import random
@@ -40,7 +39,7 @@ from .report import fmt, sanity_problems, write_outputs
 
 __all__ = ["EXPERIMENTS", "Budget", "Budgets", "Example", "Rig", "Log", "models_root", "resolve_model", "corpus_paths",
            "write_outputs", "sanity_problems", "pct", "fmt", "line_plot", "bar_plot", "heatmap", "panel_bars",
-           "loss_function", "relative_change"]
+           "relative_change"]
 
 # name -> (module, one-line description)
 EXPERIMENTS = {
@@ -190,19 +189,6 @@ def _rss() -> int:
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-@contextlib.contextmanager
-def loss_function(fn):
-    """Make ``Trainer.step`` use ``fn`` instead of ``frozen_context_loss`` (same loop otherwise)."""
-    from plasticity.training import core
-
-    old = core.frozen_context_loss
-    core.frozen_context_loss = fn
-    try:
-        yield
-    finally:
-        core.frozen_context_loss = old
-
-
 # --------------------------------------------------------------------------- the rig
 
 @dataclass
@@ -269,8 +255,9 @@ class Rig:
                 p.copy_(self._base[n])
 
     def trainer(self, *, lr: float, rank: int = 32, scale_type: str = "channel", replay_ratio: float = 0.25,
-                seed: int | None = None, **over):
-        """A fresh Trainer (fresh optimizer) on the rig's model; the previous one is released first."""
+                seed: int | None = None, item_loss=None, **over):
+        """A fresh Trainer (fresh optimizer) on the rig's model; the previous one is released first.
+        ``item_loss``: another loss per item than the server's context-frozen one (e.g. ``full_loss``)."""
         from plasticity.training.queue import ExampleQueue
         from plasticity.training import config as tc, core
 
@@ -279,7 +266,8 @@ class Rig:
                             "replay_ratio": replay_ratio, "replay_source": str(self.replay_path),
                             "heldout": str(self.heldout_path), "seed": self.seed if seed is None else seed,
                             "threads": 1, **over})
-        tr = core.Trainer(self.model, self.trainable, cfg, ExampleQueue(16), self.lock, tokenizer=self.tok)
+        tr = core.Trainer(self.model, self.trainable, cfg, ExampleQueue(16), self.lock, tokenizer=self.tok,
+                          item_loss=item_loss)
         tr.replay, tr.heldout_ids = self.replay, self.heldout_ids
         self._trainer = tr
         return tr

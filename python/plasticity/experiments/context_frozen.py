@@ -69,9 +69,8 @@ def run(args) -> dict:
     trains = {}
     for i, (mode, fn) in enumerate((("context-frozen", core.frozen_context_loss), ("full backprop", core.full_loss))):
         rig.reset()
-        tr = rig.trainer(lr=b.lr, rank=b.rank, replay_ratio=b.replay_ratio)
-        with C.loss_function(fn):
-            t = rig.teach(tr, train, b.steps, label=f"run {i + 1}/2 {mode}")
+        tr = rig.trainer(lr=b.lr, rank=b.rank, replay_ratio=b.replay_ratio, item_loss=fn)
+        t = rig.teach(tr, train, b.steps, label=f"run {i + 1}/2 {mode}")
         m = measure()
         trains[mode] = t
         rows.append(dict(mode=mode, **m, ppl_change=C.relative_change(base["ppl"], m["ppl"]),

@@ -60,7 +60,7 @@ class Trainer:
     """The training loop of one worker. ``model`` is the view module; ``queue`` an ``ExampleQueue``."""
 
     def __init__(self, model, trainable: list[str], cfg, queue, lock: threading.Lock, tokenizer=None,
-                 last_serve=None, tp=None):
+                 last_serve=None, tp=None, item_loss=None):
         self.model, self.cfg, self.queue, self.lock = model, cfg, queue, lock
         # tensor_parallel.Rank when the model is one rank's shards (every rank runs this loop in step)
         self.tp = tp
@@ -93,7 +93,10 @@ class Trainer:
         self.heldout_ids: torch.Tensor | None = None
         self.guard = None  # snapshots.Guard, set by the worker when configured
         self.version = None  # version.WeightsVersion: bumped after every change of the live weights
-        self._batchable = batchable(model)
+        # item_loss(model, context, decision) -> (loss, tokens): another loss for every item (the
+        # experiments' full backprop); None = context-frozen, as one padded batch where the model allows
+        self.item_loss = item_loss
+        self._batchable = batchable(model) and item_loss is None
         self.control: "queue_mod.SimpleQueue" = queue_mod.SimpleQueue()  # (job id, fn) run between steps
         self.jobs: dict[str, dict] = {}
         self.paused = threading.Event()
@@ -189,8 +192,9 @@ class Trainer:
                 loss, ntok = frozen_context_loss_batch(self.model, items, times=prof)
                 losses.append(loss)
             else:
+                item_loss = self.item_loss or frozen_context_loss
                 for ctx, dec in items:
-                    loss, n = frozen_context_loss(self.model, ctx, dec)
+                    loss, n = item_loss(self.model, ctx, dec)
                     losses.append(loss)
                     ntok += n
                 loss = torch.stack(losses).mean()
