@@ -149,7 +149,7 @@ def seed_bars(path: Path, labels: list[str], metrics: dict[str, list[tuple[float
         return None
     plt = _plt()
     k = len(metrics)
-    fig, axes = plt.subplots(1, k, figsize=(max(6.0, 2.6 * k), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, k, figsize=(max(6.0, max(2.6, 0.32 * len(labels)) * k), 3.8), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (name, vals) in zip(axes[0], metrics.items()):
         means = [v[0] for v in vals]
