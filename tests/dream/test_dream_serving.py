@@ -27,6 +27,7 @@ from collections import Counter
 
 import pytest
 
+import dream_serving_support as dss
 import training_support as ts
 
 pytestmark = pytest.mark.vllm
@@ -34,36 +35,8 @@ pytestmark = pytest.mark.vllm
 K = int(os.environ.get("PLASTICITY_DREAM_K", "40"))
 TRAIN = int(os.environ.get("PLASTICITY_DREAM_TRAIN", "48"))  # accepted dream examples trained before the check
 TRAIN_MAX = int(os.environ.get("PLASTICITY_DREAM_TRAIN_MAX", "96"))  # ... and at most, 16 more at a time
-PREFIX = "In short:"
 GUARD = 0.10
-HELD = ["How does a while loop end?", "What is a generator?", "Explain the with statement.",
-        "What does None mean?", "How do I define a class?", "What is a decorator?", "How do exceptions work?",
-        "What is a list comprehension?", "What does import do?", "How are strings compared?",
-        "What is a dict?", "How do I open a file?"]
 REPORT: dict = {}
-
-
-def _dream_section(root) -> str:
-    return f'''
-[dream]
-db = "{root / 'memory.sqlite'}"
-judge = "rule"
-temperature = 0.9
-top_p = 1.0
-scenario_max_tokens = 40
-response_max_tokens = 16
-response_prefix = "{PREFIX}"
-cycles_per_hour = 360000.0
-seed = 11
-novelty_threshold = 0.9
-lexical_threshold = 0.8
-timeout_s = 60.0
-
-[dream.rule]
-min_chars = 20
-max_repeat = 0.5
-min_overlap = 1
-'''
 
 
 @pytest.fixture
@@ -75,41 +48,12 @@ def dream_server(vllm_servers, tmp_path_factory):
         return srv
     root = tmp_path_factory.mktemp("dream")
     cfg = ts.write_config(root, lr=2e-3, guard_every=8, guard_threshold=GUARD)
-    cfg.write_text(cfg.read_text() + _dream_section(root))
+    cfg.write_text(cfg.read_text() + dss.dream_section(root))
     srv = _steering_server(vllm_servers, tmp_path_factory, key, ts.plugin_env(cfg), extra_args=("--api-key", ts.API_KEY),
                            eager=True)
     srv.served_model_name = srv.model
     srv.root, srv.config = root, cfg
     return srv
-
-
-def _store(srv):
-    from plasticity.dream.config import load
-    from plasticity.memory import MemoryStore, sample_graph_path
-
-    cfg = load(srv.config)
-    store = MemoryStore(cfg.db)
-    if store.count_notes() == 0:
-        store.import_jsonl(sample_graph_path())
-    return cfg, store
-
-
-def _behaviour(srv) -> dict:
-    """Greedy replies of the held-out prompts start with the prefix? + mean log-prob of the prefix."""
-    from plasticity.eval.behaviour import parse_tests, run_tests, server_generator
-    from plasticity.steering.train_in import Client
-
-    tests = parse_tests("\n".join(json.dumps({"prompt": [{"role": "user", "content": p}], "expect": r"^In short",
-                                              "max_tokens": 6, "id": f"held-{i}"}) for i, p in enumerate(HELD)))
-    res = run_tests(server_generator(srv.url, api_key=ts.API_KEY, model=srv.served_model_name), tests)
-    c = Client(srv.url, ts.API_KEY, srv.served_model_name)
-    pre = c.tokenize(PREFIX)
-    lps = []
-    for p in HELD:
-        ids = c.tokenize([{"role": "user", "content": p}])
-        lps.append(sum(c.token_logprobs(ids + pre, len(ids), None)))
-    return {"pass_rate": res["pass_rate"], "passed": res["passed"], "n": res["n"],
-            "prefix_logprob": sum(lps) / len(lps), "outputs": [r["output"] for r in res["results"][:3]]}
 
 
 def _report(key, value):
@@ -129,12 +73,12 @@ def test_loop_vs_naive_sampling_on_the_server(dream_server):
     from plasticity.dream.loop import DreamLoop
 
     srv = dream_server
-    cfg, store = _store(srv)
+    cfg, store = dss.store(srv)
     try:
         code, out = ts.request(srv, "POST", "/v1/training/pause")
         assert code == 200, out
         st = ts.status(srv)
-        _report("before", {**_behaviour(srv), "heldout_ppl": st["heldout_ppl"]})
+        _report("before", {**dss.behaviour(srv), "heldout_ppl": st["heldout_ppl"]})
         client = ServerClient(srv.url, ts.API_KEY, timeout=60)
         # the rubric judge answered by the served model itself: a score or a recorded rejection
         note = store.list_notes(limit=2)
@@ -205,7 +149,7 @@ def test_sigkill_mid_cycle_and_restart_trains_each_accepted_once(dream_server, t
     from plasticity.training.core import Journal
 
     srv = dream_server
-    cfg, store = _store(srv)
+    cfg, store = dss.store(srv)
     store.close()
     ts.request(srv, "POST", "/v1/training/resume")
     cmd = [sys.executable, "-m", "plasticity.dream.cli", "--config", str(srv.config), "--server", srv.url,
@@ -252,28 +196,6 @@ def test_sigkill_mid_cycle_and_restart_trains_each_accepted_once(dream_server, t
                              "examples_done": st["examples_done"], "step": st["step"]})
 
 
-def _top_up(srv, target: int) -> dict:
-    """More dream cycles (training running) until ``target`` candidates were accepted in all, then
-    submit them: the loop as a server user runs it, with the store left by the tests above."""
-    from plasticity.dream.client import ServerClient
-    from plasticity.dream.loop import DreamLoop
-
-    cfg, store = _store(srv)
-    t0, cycles = time.time(), 0
-    try:
-        with DreamLoop(store, ServerClient(srv.url, ts.API_KEY, timeout=60), cfg) as loop:
-            while len(store.candidates(accepted=True)) < target and cycles < 8 * target:
-                loop.run_cycle()
-                cycles += 1
-                if cycles % 10 == 0:
-                    loop.submit_pending()
-            loop.submit_pending()
-        return {"cycles": cycles, "accepted_total": len(store.candidates(accepted=True)),
-                "queue": store.queue_counts(), "wall_s": round(time.time() - t0, 1)}
-    finally:
-        store.close()
-
-
 # A measured claim about the model (enough dream data moves a greedy reply), not a property of the
 # code, and 3-4 minutes of training: the science tier (-m science). What CI keeps of this path is
 # the code's part: each accepted scenario journaled and trained exactly once (the two tests above).
@@ -289,9 +211,9 @@ def test_trained_dreams_move_the_behaviour_within_the_guard(dream_server):
     before = REPORT["before"]
     rounds = []
     for target in range(TRAIN, TRAIN_MAX + 1, 16):
-        top = _top_up(srv, target)
+        top = dss.top_up(srv, target)
         st = ts.wait_done(srv, top["accepted_total"], timeout=600)
-        b = _behaviour(srv)
+        b = dss.behaviour(srv)
         rounds.append({"accepted": top["accepted_total"], "cycles": top["cycles"], "pass_rate": b["pass_rate"],
                        "prefix_logprob": b["prefix_logprob"], "steps": st["step"]})
         _report("top_up", rounds)
@@ -299,7 +221,7 @@ def test_trained_dreams_move_the_behaviour_within_the_guard(dream_server):
             break
     code, snap = ts.request(srv, "POST", "/v1/snapshots", {"name": "after-dream", "note": "dream e2e"})
     assert code == 201, snap
-    after = {**_behaviour(srv), "heldout_ppl": snap["heldout_ppl"]}
+    after = {**dss.behaviour(srv), "heldout_ppl": snap["heldout_ppl"]}
     rel = after["heldout_ppl"] / st["heldout_ppl_initial"] - 1
     _report("after", {**after, "heldout_ppl_initial": st["heldout_ppl_initial"], "heldout_ppl_change": rel,
                       "guard": st.get("guard"), "steps": st["step"], "examples_done": st["examples_done"]})
@@ -351,7 +273,7 @@ def _accepted_count(db) -> int:
 
 def _kill_config(root, max_cycles: int):
     cfg = ts.write_config(root, lr=2e-3, checkpoint_dir=str(root / "ckpt"), checkpoint_every=4)
-    section = _dream_section(root).replace('judge = "rule"', f'judge = "rule"\nenabled = true\nmax_cycles = {max_cycles}'
+    section = dss.dream_section(root).replace('judge = "rule"', f'judge = "rule"\nenabled = true\nmax_cycles = {max_cycles}'
                                                                   '\ncapture = true')
     cfg.write_text(cfg.read_text() + section)
     return cfg
