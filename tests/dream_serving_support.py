@@ -7,6 +7,7 @@ top-up that runs more dream cycles until enough scenarios were accepted."""
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import training_support as ts
@@ -123,3 +124,17 @@ def judge_scores(judge) -> dict:
     for kind, items in JUDGE_ITEMS.items():
         out[kind] = [judge.judge(Item(JUDGE_NOTES, q, f"{PREFIX} {a}")).score for q, a in items]
     return out
+
+
+def reporter(report: dict, tag: str, filename: str):
+    """``report(key, value)``: keep a figure in ``report``, print it (-s) and rewrite
+    $PLASTICITY_BENCH_OUT/``filename`` with all of them when that is set."""
+    def _report(key, value):
+        report[key] = value
+        print(f"\n[{tag}] {key}: {json.dumps(value, default=str)}")
+        out = os.environ.get("PLASTICITY_BENCH_OUT")
+        if out:
+            os.makedirs(out, exist_ok=True)
+            with open(os.path.join(out, filename), "w") as f:
+                json.dump(report, f, indent=1, default=str)
+    return _report

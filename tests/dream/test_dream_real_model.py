@@ -17,7 +17,6 @@ Figures are printed (-s) and written to $PLASTICITY_BENCH_OUT/dream_smollm2.json
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import Counter
@@ -40,14 +39,7 @@ ACCEPT = 2.0
 REPORT: dict = {}
 
 
-def _report(key, value):
-    REPORT[key] = value
-    print(f"\n[dream smollm2] {key}: {json.dumps(value, default=str)}")
-    out = os.environ.get("PLASTICITY_BENCH_OUT")
-    if out:
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "dream_smollm2.json"), "w") as f:
-            json.dump(REPORT, f, indent=1, default=str)
+_report = dss.reporter(REPORT, "dream smollm2", "dream_smollm2.json")
 
 
 @pytest.fixture(scope="module")

@@ -56,14 +56,7 @@ def dream_server(vllm_servers, tmp_path_factory):
     return srv
 
 
-def _report(key, value):
-    REPORT[key] = value
-    print(f"\n[dream e2e] {key}: {json.dumps(value, default=str)}")
-    out = os.environ.get("PLASTICITY_BENCH_OUT")
-    if out:
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "dream_e2e.json"), "w") as f:
-            json.dump(REPORT, f, indent=1, default=str)
+_report = dss.reporter(REPORT, "dream e2e", "dream_e2e.json")
 
 
 def test_loop_vs_naive_sampling_on_the_server(dream_server):
